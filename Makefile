@@ -1,0 +1,62 @@
+# Two commands matter: `make demo` and `make test`. Both install what they need, idempotently.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+# Test-bed binaries (Kubernetes, etcd, kwok, helm) are built once into a versioned cache outside the repo.
+export SWARM_TESTBED_CACHE ?= $(HOME)/.cache/swarm-learning/testbed
+
+.PHONY: demo test test-unit test-integration test-cluster lint testbed cluster-up cluster-down bench clean venv
+
+venv: $(STAMP)
+$(STAMP): pyproject.toml
+	@echo ">>> Creating the Python environment in $(VENV) (first run downloads torch; later runs reuse it)"
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -m pip install -q --upgrade pip setuptools wheel
+	@$(PY) -m pip install -q -e '.[dev,local]'
+	@touch $(STAMP)
+	@echo ">>> Python environment ready"
+
+demo: venv
+	@echo ">>> Running the local swarm demo (SN, SL and ML nodes as processes on loopback)"
+	$(VENV)/bin/swarmctl run examples/local/digits
+
+testbed:
+	@bash tests/testbed/build.sh
+
+test: venv testbed lint
+	@echo ">>> Running every test (unit, integration with real etcd and processes, cluster with a real control plane)"
+	$(VENV)/bin/pytest
+
+test-unit: venv
+	$(VENV)/bin/pytest -m unit
+
+test-integration: venv
+	$(VENV)/bin/pytest -m integration
+
+# Run the cluster tests against the cluster in $KUBECONFIG (kind, k3d, a real one) instead of the test bed.
+test-cluster: venv
+	@test -n "$$KUBECONFIG" || { echo "test-cluster needs KUBECONFIG pointing at a cluster"; exit 2; }
+	SWARM_TEST_EXISTING_CLUSTER=1 $(VENV)/bin/pytest -m cluster
+
+lint: venv
+	@echo ">>> Lint: ruff, mypy, import contracts"
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
+
+cluster-up: venv testbed
+	$(PY) -m tests.testbed up
+
+cluster-down: venv
+	$(PY) -m tests.testbed down
+
+bench: venv testbed
+	$(VENV)/bin/pip install -q -e '.[bench]'
+	$(PY) -m bench
+
+sync-crds: ; cp crds/*.yaml charts/swarm-learning/crds/
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache runs

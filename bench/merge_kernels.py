@@ -1,0 +1,259 @@
+"""Part 1: merge kernels. This project's merge engine vs Flower's aggregation functions vs plain NumPy,
+and vs the memory-bandwidth lower bound, for N peers x P float32 parameters split over realistic layers.
+
+Lower bound: (N + 1) * P * 4 bytes (read every input once, write the result once) divided by the best
+copy bandwidth measured just before (bytes read + written per second). Geomedian needs several passes by
+nature; its row also gives the bound per pass (iterations + 1 passes: the start point and each update).
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bench.envs import run_worker_lines
+from bench.limits import Bandwidth, bound_seconds, copy_size_for, measure_copy_bandwidth, merge_bytes
+from bench.results import PartResult, Row, log
+from bench.shapes import human, layer_shapes
+
+METHODS = ("mean", "coordmedian", "geomedian", "trimmedmean")
+# Flower's counterpart of each method (geomedian has none in Flower).
+FLOWER_OF = {"mean": "mean", "coordmedian": "median", "trimmedmean": "trimmed"}
+FLOWER_LABEL = {
+    "mean": "flower aggregate()",
+    "median": "flower aggregate_median()",
+    "trimmed": "flower aggregate_trimmed_avg()",
+    "arrayrecords": "flower aggregate_arrayrecords()",
+}
+# 0.25 so Flower's unweighted int(0.25 * N) cut is non-zero for every N in the grid (1, 2, 4 per end).
+TRIM = 0.25
+WORKER = Path(__file__).resolve().parent / "flower" / "aggregate_worker.py"
+
+
+@dataclass(frozen=True)
+class MergeConfig:
+    """Grid and limits: ns peers, ps parameters, cells predicted above budget_s seconds are skipped."""
+
+    ns: tuple[int, ...] = (4, 8, 16)
+    ps: tuple[int, ...] = (10**6, 10**7, 10**8)
+    budget_s: float = 120.0
+    mem_fraction: float = 0.75
+
+
+def available_bytes() -> int:
+    """MemAvailable from /proc/meminfo, in bytes."""
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("MemAvailable missing from /proc/meminfo")
+
+
+def peer_weights(n: int) -> list[int]:
+    """Sample counts of the peers (unequal, so weighting matters): 1000, 1100, 1200, ..."""
+    return [1000 + 100 * i for i in range(n)]
+
+
+def synthetic_models(n: int, shapes: Sequence[tuple[int, ...]], seed: int = 0) -> list[dict[str, torch.Tensor]]:
+    """n float32 state_dicts close to a common point (base + 1 % noise), as peers' models are."""
+    gen = torch.Generator().manual_seed(seed)
+    base = [torch.randn(s, generator=gen) for s in shapes]
+    return [
+        {f"layer{j}": b + 0.01 * torch.randn(b.shape, generator=gen) for j, b in enumerate(base)}
+        for _ in range(n)
+    ]
+
+
+def best_time(fn: Callable[[], object], min_total_s: float = 2.0, max_repeats: int = 3) -> tuple[float, object]:
+    """Best of up to ``max_repeats`` runs; stops repeating once ``min_total_s`` has been spent."""
+    best, spent, out = float("inf"), 0.0, None
+    for _ in range(max_repeats):
+        t0 = time.perf_counter()
+        out = fn()
+        t = time.perf_counter() - t0
+        best, spent = min(best, t), spent + t
+        if spent >= min_total_s:
+            break
+    return best, out
+
+
+def numpy_weighted_mean(layers_per_model: Sequence[Sequence[np.ndarray]], weights: Sequence[float]) -> list[np.ndarray]:
+    """Plain NumPy weighted mean in float32, one accumulator and one scratch buffer per layer."""
+    total = float(sum(weights))
+    out = []
+    for layer in zip(*layers_per_model, strict=True):
+        acc = np.multiply(layer[0], np.float32(weights[0] / total))
+        tmp = np.empty_like(acc)
+        for x, w in zip(layer[1:], weights[1:], strict=True):
+            np.multiply(x, np.float32(w / total), out=tmp)
+            acc += tmp
+        out.append(acc)
+    return out
+
+
+def numpy_median(layers_per_model: Sequence[Sequence[np.ndarray]]) -> list[np.ndarray]:
+    return [np.median(np.stack(layer), axis=0) for layer in zip(*layers_per_model, strict=True)]
+
+
+def run(config: MergeConfig) -> PartResult:
+    from swarmlearning.merge import merge
+
+    rows: list[Row] = []
+    baselines: dict[str, float | int | str | None] = {}
+    per_elem: dict[str, float] = {}  # worst seconds per (peer x parameter) seen, to predict bigger cells
+    for p in config.ps:
+        shapes = layer_shapes(p)
+        largest = max(int(np.prod(s)) for s in shapes)
+        log(f"merge: P={human(p)} in {len(shapes)} tensors")
+
+        def need(n: int, p: int = p, largest: int = largest) -> float:
+            # inputs + float64 geomedian estimate + output + numpy median's stacked layer and its copy
+            return n * p * 4 + p * 8 + p * 4 + 2 * n * largest * 4 + (256 << 20)
+
+        avail = config.mem_fraction * available_bytes()
+        ns = [n for n in config.ns if need(n) <= avail]
+        for n in config.ns:
+            if n not in ns:
+                rows.append(_skip_row(n, p, f"needs {need(n) / 2**30:.1f} GiB, {avail / 2**30:.1f} GiB usable"))
+        if not ns:
+            continue
+        t0 = time.perf_counter()
+        models = synthetic_models(max(ns), shapes)
+        log(f"merge: {max(ns)} models of P={human(p)} generated in {time.perf_counter() - t0:.1f} s")
+        as_numpy = [[t.numpy() for t in m.values()] for m in models]
+        _warm_up(merge)
+        bws: dict[int, Bandwidth] = {}
+        for n in ns:
+            sub, w = models[:n], peer_weights(n)
+            # Re-measured per cell (noisy machines), with the cell's footprint (small ones run in cache).
+            bw = bws[n] = measure_copy_bandwidth(copy_size_for(merge_bytes(n, p)))
+            baselines[f"copy GB/s N={n} P={human(p)}"] = bw.bytes_per_second / 1e9
+            bound = bound_seconds(merge_bytes(n, p), bw)
+            log(f"merge: N={n} P={human(p)}: copy bandwidth {bw.bytes_per_second / 1e9:.1f} GB/s "
+                f"({bw.how}), bound {bound * 1e3:.2f} ms")
+            for method in METHODS:
+                predicted = per_elem.get(method, 0.0) * n * p
+                base = {"method": method, "impl": "swarm merge", "N": n, "P": human(p)}
+                if predicted > config.budget_s:
+                    rows.append(Row("merge", f"{method} N={n} P={human(p)}", base, {"bound_s": bound},
+                                    f"skipped: predicted {predicted:.0f} s > budget {config.budget_s:.0f} s"))
+                    continue
+
+                def call(method: str = method, sub: list[dict[str, torch.Tensor]] = sub, w: list[int] = w) -> object:
+                    return merge(method, sub, [float(x) for x in w], trim_fraction=TRIM)
+
+                seconds, result = best_time(call)
+                per_elem[method] = max(per_elem.get(method, 0.0), seconds / (n * p))
+                iterations = getattr(result, "iterations", 0)
+                metrics: dict[str, float | int | str | None] = {
+                    "seconds": seconds, "bound_s": bound, "x_bound": seconds / bound,
+                }
+                if method == "geomedian":
+                    metrics["iterations"] = iterations
+                    metrics["x_bound_per_pass"] = seconds / (bound * (iterations + 1))
+                rows.append(Row("merge", f"{method} N={n} P={human(p)}", base, metrics))
+                log(f"merge: swarm {method} N={n} P={human(p)}: {seconds:.3f} s = {seconds / bound:.2f}x bound")
+                del result
+            layers = as_numpy[:n]
+            for label, fn in (
+                ("numpy weighted mean", lambda layers=layers, w=w: numpy_weighted_mean(layers, w)),
+                ("numpy median", lambda layers=layers: numpy_median(layers)),
+            ):
+                method = "mean" if "mean" in label else "coordmedian"
+                seconds, _ = best_time(fn)
+                rows.append(Row("merge", f"{label} N={n} P={human(p)}",
+                                {"method": method, "impl": label, "N": n, "P": human(p)},
+                                {"seconds": seconds, "bound_s": bound, "x_bound": seconds / bound}))
+                log(f"merge: {label} N={n} P={human(p)}: {seconds:.3f} s")
+        del models, as_numpy, sub
+        gc.collect()
+        rows += _flower_rows(p, shapes, ns, bws, config)
+    _add_flower_ratios(rows)
+    return PartResult("merge", tuple(rows), baselines, summary=tuple(_summary(rows)))
+
+
+def _skip_row(n: int, p: int, why: str) -> Row:
+    return Row("merge", f"N={n} P={human(p)}", {"method": "*", "impl": "*", "N": n, "P": human(p)}, {},
+               f"skipped: {why}")
+
+
+def _warm_up(merge: Callable[..., object]) -> None:
+    """One tiny merge per method first, so lazy imports and torch's first-call setup are not timed."""
+    tiny = synthetic_models(4, [(64, 16), (16,)])
+    for method in METHODS:
+        merge(method, tiny, [1.0, 2.0, 3.0, 4.0], trim_fraction=TRIM)
+
+
+def _flower_rows(
+    p: int, shapes: list[tuple[int, ...]], ns: list[int], bws: dict[int, Bandwidth], config: MergeConfig
+) -> list[Row]:
+    request = {
+        "shapes": [list(s) for s in shapes], "ns": ns, "weights": peer_weights(max(ns)),
+        "methods": ["mean", "arrayrecords", "median", "trimmed"], "trim": TRIM, "repeats": 3,
+        "budget_s": config.budget_s, "mem_fraction": config.mem_fraction,
+    }
+    rows: list[Row] = []
+    log(f"merge: Flower aggregation in .venv-bench, P={human(p)}, N={ns}")
+    worker_bw: float | None = None
+    for msg in run_worker_lines(WORKER, request, timeout_s=max(600.0, 20 * config.budget_s)):
+        if msg["kind"] == "bandwidth":
+            worker_bw = msg["bytes_per_second"]
+            continue
+        n, fmethod = msg["n"], msg["method"]
+        method = {"mean": "mean", "arrayrecords": "mean", "median": "coordmedian", "trimmed": "trimmedmean"}[fmethod]
+        bound = bound_seconds(merge_bytes(n, p), bws[n])
+        params = {"method": method, "impl": FLOWER_LABEL[fmethod], "N": n, "P": human(p)}
+        case = f"{FLOWER_LABEL[fmethod]} N={n} P={human(p)}"
+        if "skipped" in msg:
+            rows.append(Row("merge", case, params, {"bound_s": bound}, f"skipped: {msg['skipped']}"))
+            continue
+        s = float(msg["seconds"])
+        note = f"worker's own 512 MiB copy: {worker_bw / 1e9:.1f} GB/s" if worker_bw else ""
+        rows.append(Row("merge", case, params, {"seconds": s, "bound_s": bound, "x_bound": s / bound}, note))
+    return rows
+
+
+def _add_flower_ratios(rows: list[Row]) -> None:
+    """Give each swarm row x_flower = swarm seconds / Flower's counterpart's seconds (< 1: faster)."""
+    flower = {
+        (r.params["method"], r.params["N"], r.params["P"]): r.metrics["seconds"]
+        for r in rows
+        if str(r.params.get("impl", "")).startswith("flower aggregate") and "arrayrecords" not in str(r.params["impl"])
+        and r.metrics.get("seconds") is not None
+    }
+    numpy_ = {
+        (r.params["method"], r.params["N"], r.params["P"]): r.metrics["seconds"]
+        for r in rows if str(r.params.get("impl", "")).startswith("numpy") and r.metrics.get("seconds") is not None
+    }
+    for i, r in enumerate(rows):
+        if r.params.get("impl") != "swarm merge" or r.metrics.get("seconds") is None:
+            continue
+        key = (r.params["method"], r.params["N"], r.params["P"])
+        metrics = dict(r.metrics)
+        s = float(r.metrics["seconds"])  # type: ignore[arg-type]
+        f, npy = flower.get(key), numpy_.get(key)
+        metrics["x_flower"] = s / float(f) if f else None
+        metrics["x_numpy"] = s / float(npy) if npy else None
+        rows[i] = Row(r.part, r.case, r.params, metrics, r.note)
+
+
+def _summary(rows: Sequence[Row]) -> list[str]:
+    out = []
+    swarm = [r for r in rows if r.params.get("impl") == "swarm merge" and r.metrics.get("x_bound") is not None]
+    for method in METHODS:
+        mine = [r for r in swarm if r.params["method"] == method]
+        if not mine:
+            continue
+        xb = [float(r.metrics["x_bound"]) for r in mine]  # type: ignore[arg-type]
+        xf = [float(r.metrics["x_flower"]) for r in mine if r.metrics.get("x_flower") is not None]  # type: ignore[arg-type]
+        line = f"{method}: {min(xb):.2f}-{max(xb):.2f}x the bandwidth bound (goal <= 1.5x)"
+        if xf:
+            line += f"; {min(xf):.2f}-{max(xf):.2f}x Flower's time (goal < 1)"
+        out.append(line)
+    return out

@@ -1,0 +1,286 @@
+"""Part 3: learning quality on the local examples (``examples/local/digits``, ``.../breast_cancer``):
+swarm vs central vs local-only, IID and label-skew splits, N peers, with Flower's FedAvg for reference.
+
+Two kinds of swarm figures:
+- real swarm: ``swarmlearning.local.cli.run_example`` on a copy of the example (split and N changed,
+  nothing else): SN, SL and ML processes on loopback, the example's own central and local-only
+  baselines from the same run (one seed, the example's);
+- simulated: the example's data split (``swarmlearning.local.datasets.partition``, the runner's
+  validation share removed), model (``build_model``) and hyper-parameters (epochs, batch size, lr,
+  SGD with momentum, sync every ``sync_frequency`` batches) in one process, in lock step; the merge is
+  either this project's engine (``merge('mean', ..., sample counts)``) or Flower's FedAvg aggregation
+  (``flwr.server.strategy.aggregate.aggregate``, called in .venv-bench): our own FedAvg loop with
+  Flower's aggregate function, not Flower's simulation engine. Central and local-only use the
+  example's ``fit``. Averaged over seeds (data split and initialisation).
+Accuracy is on the example's common held-out test split.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import pickle
+import shutil
+import struct
+import subprocess
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from bench.envs import REPO, ensure_bench_venv, flower_env
+from bench.results import PartResult, Row, log
+
+DATASETS = ("digits", "breast_cancer")
+SPLITS = ("iid", "label_skew")
+FEDAVG_WORKER = Path(__file__).resolve().parent / "flower" / "fedavg_worker.py"
+EXAMPLES = REPO / "examples" / "local"
+
+
+@dataclass(frozen=True)
+class QualityConfig:
+    """Grid: datasets, splits, peer counts ns, simulation seeds; real runs for N in ``real_ns``."""
+
+    datasets: tuple[str, ...] = DATASETS
+    splits: tuple[str, ...] = SPLITS
+    ns: tuple[int, ...] = (2, 4, 8)
+    seeds: tuple[int, ...] = (0, 1, 2)
+    real_ns: tuple[int, ...] = (2, 4, 8)
+
+
+@dataclass(frozen=True)
+class Setup:
+    """One cell's data and training recipe (from the example's swarm.yaml)."""
+
+    shards: tuple[TensorDataset, ...]
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    epochs: int
+    batch_size: int
+    lr: float
+    sync_frequency: int
+
+
+def sync_schedule(batches_per_node: Sequence[int], sync_frequency: int) -> list[list[int]]:
+    """Lock-step rounds: round r lists the nodes still training (each trains up to ``sync_frequency``
+    more batches, then the round's participants merge). A node takes part while it has batches left,
+    as a node that finished its epochs stops joining rounds."""
+    if sync_frequency < 1:
+        raise ValueError(f"sync_frequency must be >= 1; got {sync_frequency}")
+    if any(b < 0 for b in batches_per_node):
+        raise ValueError(f"batches_per_node must be >= 0; got {list(batches_per_node)}")
+    rounds = -(-max(batches_per_node, default=0) // sync_frequency)
+    return [[i for i, b in enumerate(batches_per_node) if b > r * sync_frequency] for r in range(rounds)]
+
+
+def load_setup(example: ModuleType, config: Any, seed: int) -> Setup:
+    from swarmlearning.local.datasets import partition
+
+    parts = partition(config.dataset, config.nodes, split=config.split, skew=config.skew,
+                      test_fraction=config.test_fraction, seed=config.seed + seed)
+    shards = []
+    for shard in parts.nodes:
+        n_val = int(round(len(shard.y) * config.val_fraction))  # the runner keeps these for validation
+        shards.append(TensorDataset(torch.from_numpy(shard.x[n_val:]).float(), torch.from_numpy(shard.y[n_val:]).long()))
+    return Setup(
+        tuple(shards), torch.from_numpy(parts.test.x).float(), torch.from_numpy(parts.test.y).long(),
+        int(config.train["epochs"]), int(config.train["batch_size"]), float(config.train["lr"]),
+        int(config.swarm.get("sync_frequency", 4)),
+    )
+
+
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    model.eval()
+    with torch.no_grad():
+        return float((model(x).argmax(dim=1) == y).float().mean())
+
+
+Aggregate = Callable[[list[dict[str, torch.Tensor]], list[int]], dict[str, torch.Tensor]]
+
+
+def federated(example: ModuleType, setup: Setup, seed: int, aggregate: Aggregate) -> float:
+    """The example's training loop (SGD + momentum) on every node, merged every sync_frequency batches."""
+    torch.manual_seed(seed)
+    start = example.build_model().state_dict()
+    models, opts, iters, loaders = [], [], [], []
+    for i, shard in enumerate(setup.shards):
+        m = example.build_model()
+        m.load_state_dict(start)
+        models.append(m)
+        opts.append(torch.optim.SGD(m.parameters(), lr=setup.lr, momentum=0.9))
+        loader = DataLoader(shard, batch_size=setup.batch_size, shuffle=True,
+                            generator=torch.Generator().manual_seed(seed * 100 + i))
+        loaders.append(loader)
+        iters.append(iter(loader))
+    counts = [len(s) for s in setup.shards]
+    schedule = sync_schedule([setup.epochs * len(ld) for ld in loaders], setup.sync_frequency)
+    loss_fn = nn.CrossEntropyLoss()
+    merged: dict[str, torch.Tensor] = start
+    for active in schedule:
+        for i in active:
+            models[i].train()
+            for _ in range(setup.sync_frequency):
+                try:
+                    x, y = next(iters[i])
+                except StopIteration:
+                    iters[i] = iter(loaders[i])
+                    x, y = next(iters[i])
+                opts[i].zero_grad()
+                loss_fn(models[i](x), y).backward()
+                opts[i].step()
+        merged = aggregate([{k: v.detach().clone() for k, v in models[i].state_dict().items()} for i in active],
+                           [counts[i] for i in active])
+        for i in active:
+            models[i].load_state_dict(merged)
+    final = example.build_model()
+    final.load_state_dict(merged)
+    return accuracy(final, setup.test_x, setup.test_y)
+
+
+def alone(example: ModuleType, data: TensorDataset, setup: Setup, seed: int) -> float:
+    """The example's own ``fit`` on ``data`` alone (local-only, or central on the pooled data)."""
+    torch.manual_seed(seed)
+    model = example.fit(example.build_model(), data, epochs=setup.epochs, batch_size=setup.batch_size,
+                        lr=setup.lr, seed=seed)
+    return accuracy(model, setup.test_x, setup.test_y)
+
+
+def swarm_aggregate(models: list[dict[str, torch.Tensor]], counts: list[int]) -> dict[str, torch.Tensor]:
+    from swarmlearning.merge import merge
+
+    return merge("mean", models, [float(c) for c in counts]).state
+
+
+class FlowerFedAvg:
+    """Flower's ``aggregate`` in a long-lived .venv-bench subprocess (see flower/fedavg_worker.py)."""
+
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen(
+            [str(ensure_bench_venv()), str(FEDAVG_WORKER)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            env=flower_env(), start_new_session=True,
+        )
+
+    def __call__(self, models: list[dict[str, torch.Tensor]], counts: list[int]) -> dict[str, torch.Tensor]:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        names = list(models[0])
+        blob = pickle.dumps(([[m[k].numpy() for k in names] for m in models], counts), protocol=5)
+        self.proc.stdin.write(struct.pack(">Q", len(blob)) + blob)
+        self.proc.stdin.flush()
+        head = self.proc.stdout.read(8)
+        if len(head) != 8:
+            raise RuntimeError(f"Flower FedAvg worker exited (code {self.proc.poll()}); see its stderr above")
+        (length,) = struct.unpack(">Q", head)
+        merged = pickle.loads(self.proc.stdout.read(length))
+        return {k: torch.from_numpy(np.asarray(a, dtype=np.float32)) for k, a in zip(names, merged, strict=True)}
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            assert self.proc.stdin is not None
+            try:
+                self.proc.stdin.write(struct.pack(">Q", 0))
+                self.proc.stdin.close()
+                self.proc.wait(timeout=10)
+            except (BrokenPipeError, subprocess.TimeoutExpired):
+                self.proc.kill()
+                self.proc.wait()
+
+
+def real_swarm(dataset: str, split: str, n: int, work: Path) -> Any:
+    """One run of the real local runtime on a copy of the example with ``split`` and ``n`` nodes."""
+    from swarmlearning.local.cli import run_example
+
+    folder = work / f"{dataset}-{split}-{n}"
+    shutil.copytree(EXAMPLES / dataset, folder / "example")
+    cfg_path = folder / "example" / "swarm.yaml"
+    raw = yaml.safe_load(cfg_path.read_text())
+    raw.setdefault("split", {})["kind"] = split
+    cfg_path.write_text(yaml.safe_dump(raw))
+    lines: list[str] = []
+    return run_example(folder / "example", nodes=n, out=folder / "run", emit=lines.append)
+
+
+def run(config: QualityConfig) -> PartResult:
+    from swarmlearning.local.config import load_config
+    from swarmlearning.local.report import load_example
+
+    torch.set_num_threads(1)  # tiny models: threads only add overhead
+    flower = FlowerFedAvg()
+    rows: list[Row] = []
+    try:
+        with tempfile.TemporaryDirectory(prefix="bench-quality-") as work:
+            for ds in config.datasets:
+                for split in config.splits:
+                    for n in config.ns:
+                        rows.append(_cell(ds, split, n, config, flower, Path(work), load_config, load_example))
+    finally:
+        flower.close()
+    return PartResult("quality", tuple(rows), {"simulation seeds": len(config.seeds)}, summary=tuple(_summary(rows)))
+
+
+def _cell(ds: str, split: str, n: int, config: QualityConfig, flower: FlowerFedAvg, work: Path,
+          load_config: Any, load_example: Any) -> Row:
+    rc = replace(load_config(EXAMPLES / ds, nodes=n), split=split)
+    example = load_example(rc)
+    acc: dict[str, list[float]] = {"central": [], "local": [], "swarm": [], "flower": []}
+    for seed in config.seeds:
+        setup = load_setup(example, rc, seed)
+        pooled = TensorDataset(torch.cat([s.tensors[0] for s in setup.shards]), torch.cat([s.tensors[1] for s in setup.shards]))
+        with contextlib.redirect_stdout(io.StringIO()):
+            acc["central"].append(alone(example, pooled, setup, seed))
+            acc["local"].append(float(np.mean([alone(example, s, setup, seed) for s in setup.shards])))
+        acc["swarm"].append(federated(example, setup, seed, swarm_aggregate))
+        acc["flower"].append(federated(example, setup, seed, flower))
+    mean = {k: 100 * float(np.mean(v)) for k, v in acc.items()}
+    metrics: dict[str, float | int | str | None] = {
+        "central_%": mean["central"], "sim_swarm_%": mean["swarm"], "flower_fedavg_%": mean["flower"],
+        "local_only_%": mean["local"], "sim_swarm_minus_central": mean["swarm"] - mean["central"],
+        "sim_swarm_minus_flower": mean["swarm"] - mean["flower"],
+        "real_swarm_%": None, "real_central_%": None, "real_local_only_%": None, "real_swarm_minus_central": None,
+        "real_rounds": None,
+    }
+    note = f"simulation: mean of {len(config.seeds)} seeds"
+    log(f"quality: {ds} {split} N={n}: simulated swarm {mean['swarm']:.1f} %, Flower FedAvg {mean['flower']:.1f} %, "
+        f"central {mean['central']:.1f} %, local-only {mean['local']:.1f} %")
+    if n in config.real_ns:
+        try:
+            res = real_swarm(ds, split, n, work)
+            metrics.update({
+                "real_swarm_%": 100 * res.swarm_accuracy, "real_central_%": 100 * res.central_accuracy,
+                "real_local_only_%": 100 * res.mean_local_only,
+                "real_swarm_minus_central": 100 * (res.swarm_accuracy - res.central_accuracy),
+                "real_rounds": res.rounds,
+            })
+            note += f"; real run: {res.rounds} rounds in {res.wall_seconds:.0f} s, ledger {'ok' if res.ledger_ok else 'BROKEN'}"
+            log(f"quality: {ds} {split} N={n}: real swarm {100 * res.swarm_accuracy:.1f} % vs its central "
+                f"{100 * res.central_accuracy:.1f} % ({res.rounds} rounds, {res.wall_seconds:.0f} s)")
+        except Exception as exc:  # a failed real run is reported, the other cells still run
+            note += f"; real run failed: {str(exc).splitlines()[0][:200]}"
+            log(f"quality: {ds} {split} N={n}: real run failed: {exc}")
+    return Row("quality", f"{ds} {split} N={n}", {"dataset": ds, "split": split, "N": n}, metrics, note)
+
+
+def _summary(rows: Sequence[Row]) -> list[str]:
+    out = []
+    for key, label in (("real_swarm_minus_central", "real swarm"), ("sim_swarm_minus_central", "simulated swarm")):
+        have = [r for r in rows if r.metrics.get(key) is not None]
+        if not have:
+            continue
+        misses = [r for r in have if float(r.metrics[key]) < -1.0]  # type: ignore[arg-type]
+        out.append(f"{label} within 1 point of central in {len(have) - len(misses)} of {len(have)} cases"
+                   + (": missed " + ", ".join(f"{r.case} ({float(r.metrics[key]):+.1f})" for r in misses)  # type: ignore[arg-type]
+                      if misses else ""))
+    diffs = [abs(float(r.metrics["sim_swarm_minus_flower"])) for r in rows  # type: ignore[arg-type]
+             if r.metrics.get("sim_swarm_minus_flower") is not None]
+    if diffs:
+        out.append(f"simulated swarm vs Flower FedAvg on identical inputs: largest difference {max(diffs):.2f} points")
+    return out
+
+

@@ -1,0 +1,1 @@
+"""Swarm Learning node runtime: SN ledger, SL merge protocol, ML callback."""

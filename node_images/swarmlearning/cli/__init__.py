@@ -1,0 +1,1 @@
+"""``swarmctl``: the command line (certificates, SN nodes, ledger audit, local runs, cluster views)."""

@@ -1,0 +1,685 @@
+"""The ledger as one SL node (or an admin/operator) sees it: membership, contracts, round coordination.
+
+Typical SL node flow for round ``r`` of ``contract``::
+
+    ledger = await Ledger.connect(endpoints, node_cert)
+    await ledger.register_member("10.0.0.5:30305", leader_eligible=True)
+    await ledger.ensure_contract(contract, {"min_peers": 2, ...})
+    r = await ledger.current_round(contract)                  # late joiners start here
+    await ledger.mark_ready(contract, r, digest=d, weight=1.0, samples=640)
+    close = await ledger.close_round(contract, r, min_peers=2, max_peers=0,
+                                     full_quorum_wait_s=30, timeout_s=1800)
+    attempt = 0
+    while True:
+        leader = ledger.leader_for(close, attempt)
+        if leader == ledger.name:
+            async with ledger.hold_leadership(contract, r, attempt, ttl_s=10):
+                ...pull weights from close.participants, merge...
+                rec = await ledger.commit_round(contract, r, attempt, participants=..., ...)
+            break
+        try:
+            rec = await ledger.wait_round_result(close, attempt, leader_timeout_s=600)
+            break                                             # fetch the merged model from rec.author
+        except LeaderFailed:
+            attempt += 1
+
+A node that is not in ``close.names`` (it marked ready too late) waits for the result and adopts it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import re
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from swarmlearning import pki
+from swarmlearning.etcd import (
+    Compare,
+    Delete,
+    EtcdClient,
+    EtcdError,
+    Get,
+    KeyValue,
+    Put,
+)
+from swarmlearning.ledger import keys
+from swarmlearning.ledger.records import (
+    GENESIS_HASH,
+    ChainReport,
+    Record,
+    canonical_json,
+    make_record,
+    verify_chain,
+)
+from swarmlearning.ledger.rounds import Member, Participant, RoundClose, leader_for
+
+log = logging.getLogger(__name__)
+
+_CONTRACT_RE = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$")
+_PROGRESS_EVERY_S = 5.0
+_POLL_S = 0.5
+
+
+class LedgerError(Exception):
+    """A ledger operation failed; the message says which and why."""
+
+
+class NotRegistered(LedgerError):
+    """The operation needs :meth:`Ledger.register_member` first."""
+
+
+class QuorumTimeout(LedgerError):
+    """Too few peers marked ready within the quorum timeout."""
+
+
+class LeaderFailed(LedgerError):
+    """The round leader lost its lease, or did not commit within the timeout."""
+
+
+class RoundAlreadyCommitted(LedgerError):
+    """Another leader committed this round already; ``record`` is that result."""
+
+    def __init__(self, message: str, record: Record) -> None:
+        super().__init__(message)
+        self.record = record
+
+
+class ChainContention(LedgerError):
+    """Appending kept losing the race for the chain head."""
+
+
+@dataclass(frozen=True)
+class Head:
+    seq: int
+    """-1 for an empty ledger."""
+    hash: str
+    mod_revision: int
+
+
+@dataclass(frozen=True)
+class LedgerSnapshot:
+    """Everything needed to audit the chain offline (what ``swarmctl ledger export`` writes)."""
+
+    records: tuple[Record, ...]
+    certificates: Mapping[str, bytes]
+    """fingerprint -> certificate PEM"""
+    head: tuple[int, str] | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "records": [r.to_dict() for r in self.records],
+            "certificates": {fp: pem.decode() for fp, pem in sorted(self.certificates.items())},
+            "head": {"seq": self.head[0], "hash": self.head[1]} if self.head else None,
+        }
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> LedgerSnapshot:
+        head = d.get("head")
+        return cls(
+            records=tuple(Record.from_dict(r) for r in d["records"]),
+            certificates={fp: pem.encode() for fp, pem in d["certificates"].items()},
+            head=(int(head["seq"]), str(head["hash"])) if head else None,
+        )
+
+    def verify(self, ca_pem: bytes | None) -> ChainReport:
+        return verify_chain(self.records, self.certificates, ca_pem=ca_pem, head=self.head)
+
+
+def check_contract_name(contract: str) -> None:
+    if not _CONTRACT_RE.match(contract):
+        raise ValueError(
+            f"contract={contract!r} is not allowed: use 1-63 lowercase letters, digits, "
+            "'.', '_' or '-', starting and ending with a letter or digit"
+        )
+
+
+def _check_round(round_no: int) -> None:
+    if not 1 <= round_no <= 99_999_999:
+        raise ValueError(f"round_no={round_no}: must be 1-99999999")
+
+
+class Leadership:
+    """Lease-backed leadership key of one round attempt; see :meth:`Ledger.hold_leadership`."""
+
+    def __init__(self, ledger: Ledger, key: str, ttl_s: int) -> None:
+        self._ledger = ledger
+        self.key = key
+        self.ttl_s = ttl_s
+        self.lease_id = 0
+        self._keepalive: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> Leadership:
+        etcd = self._ledger.etcd
+        self.lease_id = await etcd.lease_grant(self.ttl_s)
+        await etcd.put(self.key, canonical_json({"leader": self._ledger.name}), lease=self.lease_id)
+        self._keepalive = etcd.keep_alive(self.lease_id, self.ttl_s)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._keepalive is not None:
+            self._keepalive.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._keepalive
+        with contextlib.suppress(EtcdError):
+            await self._ledger.etcd.lease_revoke(self.lease_id)
+
+
+class Ledger:
+    """One connection to the swarm ledger, acting as the identity of ``tls`` (its CN = ``name``)."""
+
+    def __init__(self, etcd: EtcdClient, tls: pki.NodeCert) -> None:
+        self.etcd = etcd
+        self.tls = tls
+        self.name = tls.name
+        self._cert_published = False
+        self._member_lease = 0
+        self._member_value = b""
+        self._keepalive: asyncio.Task[None] | None = None
+
+    @classmethod
+    async def connect(cls, endpoints: Sequence[str], tls: pki.NodeCert, *, timeout: float = 10) -> Ledger:
+        """Connect to the SN API (etcd client endpoints ``host:port``) with mTLS.
+
+        ``timeout`` (seconds, default 10) bounds each etcd operation including failover.
+        """
+        return cls(await EtcdClient.connect(endpoints, tls, timeout=timeout), tls)
+
+    async def close(self) -> None:
+        """Leave: stop the membership keepalive, revoke its lease (ready marks vanish), disconnect."""
+        if self._keepalive is not None:
+            self._keepalive.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._keepalive
+            self._keepalive = None
+        if self._member_lease:
+            with contextlib.suppress(EtcdError):
+                await self.etcd.lease_revoke(self._member_lease)
+            self._member_lease = 0
+        await self.etcd.close()
+
+    async def __aenter__(self) -> Ledger:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # ------------------------------------------------------------------------------ chain append
+
+    async def head(self) -> Head:
+        kv = await self.etcd.get(keys.HEAD)
+        if kv is None:
+            return Head(-1, GENESIS_HASH, 0)
+        d = json.loads(kv.value)
+        return Head(int(d["seq"]), str(d["hash"]), kv.mod_revision)
+
+    async def _publish_cert(self) -> None:
+        if not self._cert_published:
+            await self.etcd.put(keys.cert_key(self.name, self.tls.fingerprint), self.tls.cert_pem())
+            self._cert_published = True
+
+    async def _append(
+        self,
+        contract: str,
+        kind: str,
+        body: Mapping[str, Any],
+        *,
+        guard: str | None = None,
+        pointers: Sequence[str] = (),
+    ) -> Record | None:
+        """Append a signed record at the chain head, atomically with ``pointers`` (keys set to its seq).
+
+        With ``guard``, the append only happens while that key is absent (and sets it to the seq);
+        returns None when the guard key exists. Concurrent appenders race on the head's revision;
+        losers rebuild their record on the new head and retry.
+        """
+        await self._publish_cert()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.etcd.timeout * 3
+        while True:
+            head = await self.head()
+            rec = make_record(
+                seq=head.seq + 1,
+                contract=contract,
+                kind=kind,
+                body=body,
+                prev_hash=head.hash,
+                signer=self.tls,
+            )
+            seq_bytes = str(rec.seq).encode()
+            cmp = [Compare(keys.HEAD, "mod", "=", head.mod_revision)]
+            if guard:
+                cmp.append(Compare(guard, "version", "=", 0))
+            ops: list[Put | Delete | Get] = [
+                Put(keys.record_key(rec.seq), rec.to_json()),
+                Put(keys.HEAD, canonical_json({"seq": rec.seq, "hash": rec.hash})),
+                *[Put(p, seq_bytes) for p in [*([guard] if guard else []), *pointers]],
+            ]
+            res = await self.etcd.txn(cmp, ops, [Get(guard)] if guard else [])
+            if res.succeeded:
+                return rec
+            if guard and res.gets and res.gets[0]:
+                return None
+            # A retried txn that did apply shows up as a head carrying our hash.
+            now_head = await self.head()
+            if now_head.seq == rec.seq and now_head.hash == rec.hash:
+                return rec
+            if loop.time() > deadline:
+                raise ChainContention(
+                    f"could not append a {kind} record: the chain head kept moving for "
+                    f"{self.etcd.timeout * 3:g}s"
+                )
+            await asyncio.sleep(0.01)
+
+    async def record(self, seq: int) -> Record:
+        kv = await self.etcd.get(keys.record_key(seq))
+        if kv is None:
+            raise LedgerError(f"ledger record {seq} is missing")
+        return Record.from_json(kv.value)
+
+    async def _pointed(self, key: str) -> Record | None:
+        kv = await self.etcd.get(key)
+        return None if kv is None else await self.record(int(kv.value))
+
+    async def records(self, contract: str | None = None) -> list[Record]:
+        """All records in chain order, or only those of ``contract``."""
+        recs = [Record.from_json(kv.value) for kv in await self.etcd.get_prefix(keys.RECORDS)]
+        return [r for r in recs if contract is None or r.contract == contract]
+
+    async def certificates(self) -> dict[str, bytes]:
+        """fingerprint -> PEM of every certificate published by a node."""
+        out: dict[str, bytes] = {}
+        for kv in await self.etcd.get_prefix(keys.NODES):
+            parts = kv.key[len(keys.NODES) :].split("/")
+            if len(parts) == 3 and parts[1] == "certs":
+                out[parts[2]] = kv.value
+        return out
+
+    async def snapshot(self) -> LedgerSnapshot:
+        head = await self.head()
+        return LedgerSnapshot(
+            records=tuple(await self.records()),
+            certificates=await self.certificates(),
+            head=(head.seq, head.hash) if head.seq >= 0 else None,
+        )
+
+    async def verify(self) -> ChainReport:
+        """Verify the stored chain against the swarm CA of this identity."""
+        return (await self.snapshot()).verify(self.tls.ca_pem())
+
+    # ------------------------------------------------------------------------------ membership
+
+    async def register_member(self, endpoint: str, *, leader_eligible: bool, ttl_s: int = 10) -> Record:
+        """Announce this node: a leased membership key (kept alive in the background; it vanishes
+        ``ttl_s`` seconds after the node dies) and a signed ``member`` record. Returns the record.
+
+        ``endpoint``: ``host:port`` of this node's SL server. ``ttl_s``: lease TTL, >= 2 seconds.
+        """
+        if ttl_s < 2:
+            raise ValueError(f"ttl_s={ttl_s}: must be >= 2 seconds")
+        await self._publish_cert()
+        self._member_value = canonical_json(
+            {
+                "name": self.name,
+                "organisation": self.tls.organisation,
+                "endpoint": endpoint,
+                "leader_eligible": leader_eligible,
+                "fingerprint": self.tls.fingerprint,
+            }
+        )
+        await self._put_member(ttl_s)
+        rec = await self._append("", "member", json.loads(self._member_value))
+        assert rec is not None
+        return rec
+
+    async def _put_member(self, ttl_s: int) -> None:
+        if self._keepalive is not None:
+            self._keepalive.cancel()
+        self._member_lease = await self.etcd.lease_grant(ttl_s)
+        await self.etcd.put(keys.member_key(self.name), self._member_value, lease=self._member_lease)
+
+        def lost(err: Exception) -> None:
+            log.warning("membership of %s lost (%s); registering again", self.name, err)
+            asyncio.get_running_loop().create_task(self._put_member(ttl_s))
+
+        self._keepalive = self.etcd.keep_alive(self._member_lease, ttl_s, on_lost=lost)
+
+    async def members(self) -> list[Member]:
+        """Live members (their membership lease is alive), by name."""
+        out = []
+        for kv in await self.etcd.get_prefix(keys.NODES):
+            if kv.key.endswith("/member"):
+                d = json.loads(kv.value)
+                out.append(
+                    Member(
+                        name=d["name"],
+                        organisation=d["organisation"],
+                        endpoint=d["endpoint"],
+                        leader_eligible=bool(d["leader_eligible"]),
+                        fingerprint=d["fingerprint"],
+                    )
+                )
+        return sorted(out, key=lambda m: m.name)
+
+    # ------------------------------------------------------------------------------ contracts
+
+    async def ensure_contract(self, contract: str, params: Mapping[str, Any]) -> Mapping[str, Any]:
+        """Record ``contract`` with ``params`` unless it exists; returns the recorded parameters
+        (the first writer's, which the caller should compare with its own)."""
+        check_contract_name(contract)
+        rec = await self._append(
+            contract, "contract", {"params": dict(params)}, guard=keys.contract_key(contract)
+        )
+        if rec is None:
+            rec = await self._pointed(keys.contract_key(contract))
+            assert rec is not None
+        return dict(rec.body["params"])
+
+    async def contract(self, contract: str) -> Mapping[str, Any] | None:
+        rec = await self._pointed(keys.contract_key(contract))
+        return None if rec is None else dict(rec.body["params"])
+
+    # ------------------------------------------------------------------------------ rounds
+
+    async def current_round(self, contract: str) -> int:
+        """The first round a node can still join: one past the highest closed round (1 if none)."""
+        check_contract_name(contract)
+        highest = 0
+        for kv in await self.etcd.get_prefix(f"{keys.ROUNDS}{contract}/"):
+            parts = kv.key[len(keys.ROUNDS) + len(contract) + 1 :].split("/")
+            if len(parts) == 2 and parts[1] == "close":
+                highest = max(highest, int(parts[0]))
+        return highest + 1
+
+    async def mark_ready(
+        self, contract: str, round_no: int, *, digest: str, weight: float, samples: int
+    ) -> None:
+        """Declare this node ready for ``round_no`` with its model ``digest``, merge ``weight`` (> 0 or
+        0 for "contribute nothing") and ``samples`` trained since the last round (>= 0).
+
+        The mark uses the membership lease, so a dead node's mark disappears; older marks of this
+        node for the contract are removed in the same transaction.
+        """
+        check_contract_name(contract)
+        _check_round(round_no)
+        if weight < 0 or samples < 0:
+            raise ValueError(f"weight={weight}, samples={samples}: must be >= 0")
+        if not self._member_lease:
+            raise NotRegistered(
+                "mark_ready needs register_member() first (the mark lives on the membership lease)"
+            )
+        value = canonical_json({"digest": digest, "weight": weight, "samples": samples})
+        await self.etcd.txn(
+            [],
+            [
+                Delete(keys.ready_prefix(self.name, contract), keys.ready_key(self.name, contract, round_no)),
+                Put(keys.ready_key(self.name, contract, round_no), value, lease=self._member_lease),
+            ],
+        )
+
+    async def ready_peers(self, contract: str, round_no: int) -> list[tuple[Participant, int]]:
+        """Live nodes ready for the round, with the revision of their mark, earliest first."""
+        members: dict[str, Mapping[str, Any]] = {}
+        marks: dict[str, KeyValue] = {}
+        suffix = f"/ready/{contract}/{round_no:08d}"
+        for kv in await self.etcd.get_prefix(keys.NODES):
+            name = kv.key[len(keys.NODES) :].split("/", 1)[0]
+            if kv.key.endswith("/member"):
+                members[name] = json.loads(kv.value)
+            elif kv.key.endswith(suffix):
+                marks[name] = kv
+        out = []
+        for name, kv in marks.items():
+            m = members.get(name)
+            if m is None:
+                continue
+            d = json.loads(kv.value)
+            out.append(
+                (
+                    Participant(
+                        name=name,
+                        endpoint=m["endpoint"],
+                        leader_eligible=bool(m["leader_eligible"]),
+                        digest=d["digest"],
+                        weight=float(d["weight"]),
+                        samples=int(d["samples"]),
+                    ),
+                    kv.mod_revision,
+                )
+            )
+        return sorted(out, key=lambda pr: (pr[1], pr[0].name))
+
+    async def round_close(self, contract: str, round_no: int) -> RoundClose | None:
+        rec = await self._pointed(keys.close_key(contract, round_no))
+        return None if rec is None else RoundClose.from_record(rec)
+
+    async def close_round(
+        self,
+        contract: str,
+        round_no: int,
+        *,
+        min_peers: int,
+        max_peers: int = 0,
+        full_quorum_wait_s: float = 30,
+        timeout_s: float = 1800,
+        progress: Callable[[str], None] | None = None,
+    ) -> RoundClose:
+        """Wait for the round's quorum, then fix its participant set (or return the one already fixed).
+
+        Waits until ``min_peers`` (>= 1) live nodes are ready, then up to ``full_quorum_wait_s``
+        seconds more for further peers; closes early when ``max_peers`` (0 = no limit) are ready or
+        every live member is. The first node to close wins a guarded append of the ``close`` record;
+        everyone gets the same :class:`RoundClose`. If more than ``max_peers`` are ready the earliest
+        ones are taken. ``progress`` gets a line every few seconds saying what is awaited. Raises
+        :class:`QuorumTimeout` after ``timeout_s`` seconds below quorum.
+        """
+        check_contract_name(contract)
+        _check_round(round_no)
+        if min_peers < 1:
+            raise ValueError(f"min_peers={min_peers}: must be >= 1")
+        if max_peers and max_peers < min_peers:
+            raise ValueError(f"max_peers={max_peers}: must be 0 (no limit) or >= min_peers ({min_peers})")
+        if full_quorum_wait_s < 0 or timeout_s <= 0:
+            raise ValueError(
+                f"full_quorum_wait_s={full_quorum_wait_s} must be >= 0 and timeout_s={timeout_s} > 0"
+            )
+        say = progress or (lambda msg: log.info("%s", msg))
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        quorum_since: float | None = None
+        last_said = -_PROGRESS_EVERY_S
+        what = f"round {round_no} of contract {contract!r}"
+        async with self.etcd.watch(keys.NODES, prefix=True) as changes:
+            while True:
+                existing = await self.round_close(contract, round_no)
+                if existing is not None:
+                    return existing
+                ready = await self.ready_peers(contract, round_no)
+                n = len(ready)
+                now = loop.time()
+                names = ", ".join(p.name for p, _ in ready) or "none"
+                if n >= min_peers:
+                    quorum_since = now if quorum_since is None else quorum_since
+                    live = len(await self.members())
+                    if (
+                        (max_peers and n >= max_peers)
+                        or n >= live
+                        or now - quorum_since >= full_quorum_wait_s
+                    ):
+                        chosen = [p for p, _ in ready][: max_peers or None]
+                        body = {
+                            "round": round_no,
+                            "participants": [p.to_dict() for p in sorted(chosen, key=lambda p: p.name)],
+                        }
+                        rec = await self._append(
+                            contract, "close", body, guard=keys.close_key(contract, round_no)
+                        )
+                        if rec is not None:
+                            close = RoundClose.from_record(rec)
+                            say(
+                                f"{what} closed with {len(chosen)} peers ({', '.join(close.names)}); "
+                                f"leader of attempt 0: {close.leader}"
+                            )
+                            return close
+                        continue
+                    if now - last_said >= _PROGRESS_EVERY_S:
+                        left = full_quorum_wait_s - (now - quorum_since)
+                        say(
+                            f"{what}: quorum reached ({n} ready: {names}); waiting up to {left:.0f}s more "
+                            f"for {'up to ' + str(max_peers) if max_peers else 'more'} peers "
+                            f"({live} live members)"
+                        )
+                        last_said = now
+                else:
+                    quorum_since = None
+                    if now - start >= timeout_s:
+                        raise QuorumTimeout(
+                            f"{what}: only {n} of the {min_peers} peers needed were ready after "
+                            f"{timeout_s:g}s (ready: {names}); check that the other nodes are "
+                            "running and reach the SN"
+                        )
+                    if now - last_said >= _PROGRESS_EVERY_S:
+                        say(
+                            f"{what}: waiting for peers, {n} of {min_peers} needed ready ({names}); "
+                            f"giving up in {timeout_s - (now - start):.0f}s"
+                        )
+                        last_said = now
+                await changes.get(timeout=_POLL_S)
+
+    def leader_for(self, close: RoundClose, attempt: int) -> str:
+        """Leader of ``attempt`` (0, 1, ...) of a closed round; see :mod:`swarmlearning.ledger.rounds`."""
+        return leader_for(close, attempt)
+
+    def hold_leadership(self, contract: str, round_no: int, attempt: int, *, ttl_s: int = 10) -> Leadership:
+        """``async with ledger.hold_leadership(...)``: a leadership key on a lease of ``ttl_s`` seconds
+        (>= 1), kept alive while the block runs and revoked at its end. If this process dies the key
+        vanishes after ``ttl_s`` and waiting peers get :class:`LeaderFailed`."""
+        check_contract_name(contract)
+        _check_round(round_no)
+        if ttl_s < 1:
+            raise ValueError(f"ttl_s={ttl_s}: must be >= 1 second")
+        return Leadership(self, keys.leader_key(self.name, contract, round_no, attempt), ttl_s)
+
+    async def commit_round(
+        self,
+        contract: str,
+        round_no: int,
+        attempt: int,
+        *,
+        participants: Sequence[str],
+        weights: Mapping[str, float],
+        input_digests: Mapping[str, str],
+        merged_digest: str,
+        merge_method: str,
+        rejected: Mapping[str, str],
+        extra: Mapping[str, Any] | None = None,
+    ) -> Record:
+        """Commit the merge result of the round as its leader: a signed ``round`` record.
+
+        ``participants``: names merged; ``weights``/``input_digests``: per participant;
+        ``rejected``: name -> reason for inputs refused. Raises :class:`RoundAlreadyCommitted` if
+        the round has a result already.
+        """
+        check_contract_name(contract)
+        _check_round(round_no)
+        close = await self.round_close(contract, round_no)
+        if close is None:
+            raise LedgerError(f"round {round_no} of {contract!r} is not closed; cannot commit it")
+        body = {
+            "round": round_no,
+            "attempt": attempt,
+            "close_seq": close.record.seq,
+            "participants": list(participants),
+            "weights": dict(weights),
+            "input_digests": dict(input_digests),
+            "merged_digest": merged_digest,
+            "merge_method": merge_method,
+            "rejected": dict(rejected),
+            "leader_endpoint": close.participant(self.name).endpoint if self.name in close.names else "",
+            **({"extra": dict(extra)} if extra else {}),
+        }
+        rec = await self._append(
+            contract,
+            "round",
+            body,
+            guard=keys.result_key(contract, round_no),
+            pointers=[keys.latest_key(contract)],
+        )
+        if rec is None:
+            existing = await self._pointed(keys.result_key(contract, round_no))
+            assert existing is not None
+            raise RoundAlreadyCommitted(
+                f"round {round_no} of {contract!r} was already committed by "
+                f"{existing.author} (attempt {existing.body.get('attempt')})",
+                existing,
+            )
+        return rec
+
+    async def round_result(self, contract: str, round_no: int) -> Record | None:
+        return await self._pointed(keys.result_key(contract, round_no))
+
+    async def wait_round_result(self, close: RoundClose, attempt: int, *, leader_timeout_s: float) -> Record:
+        """Wait for the round's result record. Raises :class:`LeaderFailed` when the leader of
+        ``attempt`` held its leadership key and lost it without committing, or when nothing was
+        committed within ``leader_timeout_s`` seconds (> 0)."""
+        if leader_timeout_s <= 0:
+            raise ValueError(f"leader_timeout_s={leader_timeout_s}: must be > 0 seconds")
+        leader = leader_for(close, attempt)
+        lk = keys.leader_key(leader, close.contract, close.round_no, attempt)
+        what = f"round {close.round_no} of {close.contract!r}, attempt {attempt}, leader {leader}"
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + leader_timeout_s
+        seen = False
+        async with (
+            self.etcd.watch(keys.round_prefix(close.contract, close.round_no), prefix=True) as w,
+            self.etcd.watch(lk) as lw,
+        ):
+            while True:
+                rec = await self.round_result(close.contract, close.round_no)
+                if rec is not None:
+                    return rec
+                alive = await self.etcd.get(lk) is not None
+                seen = seen or alive
+                if seen and not alive:
+                    rec = await self.round_result(close.contract, close.round_no)
+                    if rec is not None:
+                        return rec
+                    raise LeaderFailed(f"{what}: the leader's lease expired before it committed")
+                if loop.time() >= deadline:
+                    raise LeaderFailed(f"{what}: no result within {leader_timeout_s:g}s")
+                remaining = deadline - loop.time()
+                await _first(w.get(min(_POLL_S, remaining)), lw.get(min(_POLL_S, remaining)))
+
+    async def latest_round(self, contract: str) -> Record | None:
+        """The latest committed ``round`` record of ``contract`` (late joiners fetch this model)."""
+        check_contract_name(contract)
+        return await self._pointed(keys.latest_key(contract))
+
+
+async def _first(*aws: Any) -> None:
+    """Wait until the first of ``aws`` finishes; cancel the rest; re-raise its error."""
+    tasks = [asyncio.ensure_future(a) for a in aws]
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        for t in done:
+            t.result()
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+@contextlib.asynccontextmanager
+async def connected(
+    endpoints: Sequence[str], tls: pki.NodeCert, *, timeout: float = 10
+) -> AsyncIterator[Ledger]:
+    """``async with connected(endpoints, cert) as ledger:`` — connect and always close."""
+    ledger = await Ledger.connect(endpoints, tls, timeout=timeout)
+    try:
+        yield ledger
+    finally:
+        await ledger.close()

@@ -1,0 +1,239 @@
+"""Signed, hash-chained ledger records and chain verification (pure logic, no etcd).
+
+A record's signed content is the canonical JSON (sorted keys, no spaces, UTF-8, no NaN) of
+``{seq, contract, kind, body, prev_hash, author, author_fingerprint, time}``. The author signs those
+bytes with its node key (ECDSA-SHA256); ``hash = sha256(canonical bytes + signature)``, hex. Record
+``seq`` 0 has ``prev_hash`` :data:`GENESIS_HASH`; record ``n`` carries record ``n-1``'s hash.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import datetime as dt
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from swarmlearning import pki
+
+GENESIS_HASH = "0" * 64
+KINDS = ("member", "contract", "close", "round")
+"""member: a node joined; contract: a training contract's parameters; close: a round's participant
+set (fixes the leader order); round: a merge result committed by the round leader."""
+
+
+class RecordError(ValueError):
+    """A record that cannot be parsed; the message names the field."""
+
+
+def canonical_json(obj: Any) -> bytes:
+    """Canonical JSON: sorted keys, no spaces, UTF-8, NaN/Infinity refused."""
+    return json.dumps(
+        obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    ).encode()
+
+
+@dataclass(frozen=True)
+class Record:
+    """One ledger entry. ``signature`` is base64 of the DER ECDSA signature; ``hash`` is hex."""
+
+    seq: int
+    contract: str
+    kind: str
+    body: Mapping[str, Any]
+    prev_hash: str
+    author: str
+    author_fingerprint: str
+    time: str
+    """UTC, RFC 3339 with milliseconds, e.g. ``2026-01-01T00:00:00.000Z``."""
+    signature: str = ""
+    hash: str = field(default="")
+
+    def signed_content(self) -> dict[str, Any]:
+        return {
+            "seq": self.seq,
+            "contract": self.contract,
+            "kind": self.kind,
+            "body": self.body,
+            "prev_hash": self.prev_hash,
+            "author": self.author,
+            "author_fingerprint": self.author_fingerprint,
+            "time": self.time,
+        }
+
+    def canonical_bytes(self) -> bytes:
+        return canonical_json(self.signed_content())
+
+    def compute_hash(self) -> str:
+        return hashlib.sha256(self.canonical_bytes() + base64.b64decode(self.signature)).hexdigest()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.signed_content(), "signature": self.signature, "hash": self.hash}
+
+    def to_json(self) -> bytes:
+        return canonical_json(self.to_dict())
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Record:
+        try:
+            rec = cls(
+                seq=int(d["seq"]),
+                contract=str(d["contract"]),
+                kind=str(d["kind"]),
+                body=dict(d["body"]),
+                prev_hash=str(d["prev_hash"]),
+                author=str(d["author"]),
+                author_fingerprint=str(d["author_fingerprint"]),
+                time=str(d["time"]),
+                signature=str(d["signature"]),
+                hash=str(d["hash"]),
+            )
+        except KeyError as e:
+            raise RecordError(f"record is missing field {e.args[0]!r}") from e
+        except (TypeError, ValueError) as e:
+            raise RecordError(f"record has a malformed field: {e}") from e
+        return rec
+
+    @classmethod
+    def from_json(cls, data: bytes | str) -> Record:
+        try:
+            d = json.loads(data)
+        except json.JSONDecodeError as e:
+            raise RecordError(f"record is not JSON: {e}") from e
+        if not isinstance(d, dict):
+            raise RecordError("record is not a JSON object")
+        return cls.from_dict(d)
+
+
+def utc_now() -> str:
+    """Current UTC time as RFC 3339 with milliseconds."""
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def make_record(
+    *,
+    seq: int,
+    contract: str,
+    kind: str,
+    body: Mapping[str, Any],
+    prev_hash: str,
+    signer: pki.NodeCert,
+    time: str | None = None,
+) -> Record:
+    """Build and sign a record as ``signer`` (author = its CN). Raises RecordError on a bad kind/seq."""
+    if kind not in KINDS:
+        raise RecordError(f"kind={kind!r} is not allowed: use one of {', '.join(KINDS)}")
+    if seq < 0:
+        raise RecordError(f"seq={seq}: must be >= 0")
+    unsigned = Record(
+        seq=seq,
+        contract=contract,
+        kind=kind,
+        body=dict(body),
+        prev_hash=prev_hash,
+        author=signer.name,
+        author_fingerprint=signer.fingerprint,
+        time=time or utc_now(),
+    )
+    sig = base64.b64encode(pki.sign(signer.key_path, unsigned.canonical_bytes())).decode()
+    signed = dataclasses.replace(unsigned, signature=sig)
+    return dataclasses.replace(signed, hash=signed.compute_hash())
+
+
+@dataclass(frozen=True)
+class ChainReport:
+    """Outcome of :func:`verify_chain`. ``bad_seq`` is the position (expected seq) of the first bad record."""
+
+    ok: bool
+    count: int
+    bad_seq: int | None = None
+    reason: str = ""
+
+    def message(self) -> str:
+        if self.ok:
+            return f"OK: {self.count} records, chain intact"
+        return f"FAILED at record {self.bad_seq}: {self.reason}"
+
+
+def verify_chain(
+    records: Sequence[Record],
+    certificates: Mapping[str, bytes],
+    *,
+    ca_pem: bytes | None = None,
+    head: tuple[int, str] | None = None,
+) -> ChainReport:
+    """Check a whole chain: order, links, hashes, signatures, authors.
+
+    ``records`` must be in storage order starting at seq 0. ``certificates`` maps a fingerprint to the
+    author's certificate PEM. With ``ca_pem``, each certificate must be issued by that CA and its CN
+    must equal the record's author. ``head`` = (seq, hash) of the stored chain head: detects records
+    dropped from the end. Detects altered records (hash/signature mismatch), dropped or reordered
+    records (seq gap, broken prev_hash link) and names the first bad record and why.
+    """
+    prev = GENESIS_HASH
+    checked_certs: dict[str, str] = {}
+    for pos, rec in enumerate(records):
+
+        def bad(reason: str, pos: int = pos) -> ChainReport:
+            return ChainReport(ok=False, count=len(records), bad_seq=pos, reason=reason)
+
+        if rec.seq != pos:
+            return bad(
+                f"record with seq {rec.seq} found at position {pos}: a record was dropped or reordered"
+            )
+        if rec.prev_hash != prev:
+            return bad(
+                "prev_hash does not match the previous record's hash (chain broken: dropped, "
+                "reordered or altered record)"
+            )
+        try:
+            computed = rec.compute_hash()
+        except (ValueError, TypeError) as e:
+            return bad(f"cannot hash the record: {e}")
+        if computed != rec.hash:
+            return bad("hash does not match the content (record altered)")
+        cert = certificates.get(rec.author_fingerprint)
+        if cert is None:
+            return bad(
+                f"no certificate for author {rec.author!r} with fingerprint {rec.author_fingerprint[:16]}…"
+            )
+        if pki.fingerprint(cert) != rec.author_fingerprint:
+            return bad(f"the certificate stored for {rec.author!r} does not have the recorded fingerprint")
+        if ca_pem is not None and rec.author_fingerprint not in checked_certs:
+            try:
+                checked_certs[rec.author_fingerprint] = pki.check_cert(cert, ca_pem).name
+            except pki.PKIError as e:
+                return bad(f"author certificate rejected: {e}")
+        if ca_pem is not None and checked_certs[rec.author_fingerprint] != rec.author:
+            return bad(
+                f"author {rec.author!r} does not match the certificate CN "
+                f"{checked_certs[rec.author_fingerprint]!r}"
+            )
+        try:
+            sig = base64.b64decode(rec.signature, validate=True)
+        except ValueError:
+            return bad("signature is not base64")
+        if not pki.verify_signature(cert, rec.canonical_bytes(), sig):
+            return bad(f"signature by {rec.author!r} is invalid (record altered or forged)")
+        prev = rec.hash
+    if head is not None:
+        head_seq, head_hash = head
+        if head_seq != len(records) - 1:
+            return ChainReport(
+                ok=False,
+                count=len(records),
+                bad_seq=len(records),
+                reason=f"chain head says seq {head_seq} but {len(records)} records are present "
+                "(records dropped from the end or head altered)",
+            )
+        if head_hash != prev:
+            return ChainReport(
+                ok=False,
+                count=len(records),
+                bad_seq=head_seq,
+                reason="chain head hash does not match the last record",
+            )
+    return ChainReport(ok=True, count=len(records))

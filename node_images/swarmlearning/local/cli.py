@@ -1,0 +1,187 @@
+"""``swarmctl run examples/local/<x> [--nodes N] [--out DIR]``: a whole swarm on this machine.
+
+Prints a line per round (validation loss/accuracy of the merged model on each node's own validation
+data), then a table comparing on the common held-out test set: each node's local-only model (trained on
+its data alone), the swarm's merged model, and a central model trained on the pooled data. Writes the
+run folder (see :mod:`swarmlearning.local.runner`) plus ``model.safetensors``, ``local-models/``,
+``metrics.csv``, ``curves.png``, ``ledger.json``, ``ledger-verify.txt``, ``summary.txt``, ``results.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import shutil
+import signal
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, NoReturn
+
+from swarmlearning.local.config import ConfigError, load_config
+from swarmlearning.local.runner import LocalSwarm, RunError, tail
+
+
+@dataclass(frozen=True)
+class RunResult:
+    run_dir: str
+    swarm_accuracy: float
+    central_accuracy: float
+    local_only: dict[str, float]
+    local_last: dict[str, float]
+    final_models_identical: bool
+    ledger_ok: bool
+    ledger_message: str
+    rounds: int
+    wall_seconds: float
+
+    @property
+    def mean_local_only(self) -> float:
+        return sum(self.local_only.values()) / max(1, len(self.local_only))
+
+
+def run_example(
+    example_dir: str | Path,
+    *,
+    nodes: int | None = None,
+    out: str | Path | None = None,
+    emit: Callable[[str], None] = print,
+) -> RunResult:
+    """Run an example end to end and return its figures (raises RunError/ConfigError)."""
+    from swarmlearning.local import report
+    from swarmlearning.local.datasets import Shard
+
+    started = time.monotonic()
+    config = load_config(example_dir, nodes=nodes)
+    run_dir = Path(out) if out else Path("runs") / f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if run_dir.exists() and any(run_dir.iterdir()):
+        raise RunError(f"--out {run_dir} exists and is not empty; choose a new folder")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    emit(
+        f">>> {config.name}: {config.nodes} nodes, {config.dataset} data split {config.split}"
+        f"{f' (skew {config.skew})' if config.split == 'label_skew' else ''}, run folder {run_dir}"
+    )
+    progress = report.Progress(emit)
+    with LocalSwarm(config, run_dir) as swarm:
+        swarm.prepare()
+        for name, node in swarm.nodes.items():
+            counts = Shard.load(node.data_dir / "train.npz").class_counts(swarm.n_classes)
+            emit(f"    {name}: {sum(counts)} training samples, per class {counts}")
+        swarm.start_all()
+        emit(
+            f">>> SN at {swarm.sn_endpoint}; {config.nodes} SL and {config.nodes} ML processes started "
+            f"(logs in {run_dir / 'logs'})"
+        )
+        codes = swarm.wait_ml(on_tick=lambda: progress.update(swarm.metrics()))
+        progress.update(swarm.metrics(), final=True)
+        failed = {n: c for n, c in codes.items() if c != 0}
+        if failed:
+            name = sorted(failed)[0]
+            raise RunError(
+                f"ML process of {name} exited with code {failed[name]}:\n"
+                f"{tail(run_dir / 'logs' / f'{name}-ml.log', 15)}"
+            )
+        snapshot = swarm.ledger_snapshot()
+        rows = swarm.metrics()
+        node_dirs = {n: node.folder for n, node in swarm.nodes.items()}
+        node_data = {n: node.data_dir for n, node in swarm.nodes.items()}
+    (run_dir / "ledger.json").write_text(json.dumps(snapshot.to_json(), indent=1, sort_keys=True))
+    ca_pem = (run_dir / "pki" / "ca" / "ca.crt").read_bytes()
+    verdict = snapshot.verify(ca_pem)
+    (run_dir / "ledger-verify.txt").write_text(verdict.message() + "\n")
+
+    example = report.load_example(config)
+    test = Shard.load(run_dir / "data" / "test.npz")
+    finals = {n: d / "out" / "model.safetensors" for n, d in node_dirs.items()}
+    missing = [n for n, p in finals.items() if not p.exists()]
+    if missing:
+        raise RunError(f"nodes {', '.join(missing)} wrote no final model (SWARM_MODEL_OUTPUT)")
+    digests = {hashlib.sha256(p.read_bytes()).hexdigest() for p in finals.values()}
+    first = finals[sorted(finals)[0]]
+    shutil.copyfile(first, run_dir / "model.safetensors")
+    (run_dir / "local-models").mkdir(exist_ok=True)
+    local_last: dict[str, float] = {}
+    for n, d in node_dirs.items():
+        own = d / "out" / "local-model.safetensors"
+        if own.exists():
+            shutil.copyfile(own, run_dir / "local-models" / f"{n}.safetensors")
+            local_last[n] = report.accuracy(report.model_from_file(example, own), test)
+    swarm_acc = report.accuracy(report.model_from_file(example, first), test)
+    emit(">>> training the baselines: local-only per node and central on pooled data")
+    baselines = report.train_baselines(config, example, node_data, test)
+    report.write_metrics_csv(rows, run_dir / "metrics.csv")
+    report.plot_curves(
+        rows,
+        run_dir / "curves.png",
+        f"{config.name}: {config.nodes} nodes, {config.split}",
+        reference=baselines.central,
+    )
+    rounds = max((int(r["round"]) for r in rows if r.get("round") is not None), default=0)
+    result = RunResult(
+        run_dir=str(run_dir),
+        swarm_accuracy=swarm_acc,
+        central_accuracy=baselines.central,
+        local_only=dict(baselines.local_only),
+        local_last=local_last,
+        final_models_identical=len(digests) == 1,
+        ledger_ok=verdict.ok,
+        ledger_message=verdict.message(),
+        rounds=rounds,
+        wall_seconds=time.monotonic() - started,
+    )
+    table = report.summary_table(result.local_only, local_last, swarm_acc, baselines.central)
+    (run_dir / "summary.txt").write_text(table + "\n")
+    (run_dir / "results.json").write_text(json.dumps(asdict(result), indent=1))
+    emit("")
+    emit(table)
+    emit(
+        f"final merged model identical on every node: {'yes' if result.final_models_identical else 'NO'}; "
+        f"{rounds} rounds; ledger: {verdict.message()}; wall time {result.wall_seconds:.0f}s"
+    )
+    emit(
+        f"run folder: {run_dir} (model.safetensors, local-models/, metrics.csv, curves.png, "
+        "ledger.json, logs/)"
+    )
+    return result
+
+
+def _raise_interrupt(signum: int, frame: Any) -> NoReturn:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    # The table and progress lines are the output; library INFO logs go to the run's log files.
+    logging.getLogger().setLevel(logging.DEBUG if getattr(args, "verbose", False) else logging.WARNING)
+    try:
+        result = run_example(
+            args.example, nodes=args.nodes, out=args.out, emit=lambda s: print(s, flush=True)
+        )
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except RunError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted: every process of the run was stopped", file=sys.stderr)
+        return 130
+    return 0 if result.ledger_ok and result.final_models_identical else 1
+
+
+def register(subparsers: Any) -> None:
+    """Add ``swarmctl run`` (called lazily by swarmlearning.cli.swarmctl)."""
+    p = subparsers.add_parser(
+        "run",
+        help="run a swarm locally: SN, SL and ML nodes as processes on loopback",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("example", help="example folder with swarm.yaml and train.py, e.g. examples/local/digits")
+    p.add_argument("--nodes", type=int, default=None, help="number of nodes (default: the example's)")
+    p.add_argument("--out", default=None, help="run folder (default runs/<example>-<timestamp>)")
+    p.set_defaults(func=_cmd_run)

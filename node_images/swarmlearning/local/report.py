@@ -1,0 +1,180 @@
+"""Results of a local run: live progress lines, baselines, the summary table, metrics.csv and the plot."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import math
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+import torch
+
+from swarmlearning.local.config import RunConfig
+from swarmlearning.local.datasets import Shard
+
+
+def load_example(config: RunConfig) -> ModuleType:
+    """Import the example's train.py as a module (for ``build_model``, ``load_split`` and ``fit``)."""
+    spec = importlib.util.spec_from_file_location(f"swarm_example_{config.name}", config.script)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot import {config.script}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    for needed in ("build_model", "load_split", "fit"):
+        if not hasattr(module, needed):
+            raise ImportError(f"{config.script} must define {needed}() for the baselines")
+    return module
+
+
+def accuracy(model: torch.nn.Module, shard: Shard) -> float:
+    """Share of correctly classified samples (argmax of the outputs)."""
+    model.eval()
+    with torch.no_grad():
+        out = model(torch.from_numpy(shard.x).float())
+    pred = out.argmax(dim=1) if out.dim() > 1 and out.shape[1] > 1 else (out.reshape(-1) > 0).long()
+    return float((pred.numpy() == shard.y).mean())
+
+
+def model_from_file(example: ModuleType, path: Path) -> torch.nn.Module:
+    from safetensors.torch import load_file
+
+    model = example.build_model()
+    model.load_state_dict(load_file(str(path)), strict=True)
+    return model
+
+
+@dataclass(frozen=True)
+class Baselines:
+    local_only: Mapping[str, float]
+    """Per node: the same model trained on that node's data alone, accuracy on the common test set."""
+    central: float
+    """The same model trained on the pooled data of all nodes."""
+
+
+def train_baselines(
+    config: RunConfig, example: ModuleType, node_data: Mapping[str, Path], test: Shard
+) -> Baselines:
+    """Train local-only models and the central reference with the example's own ``fit``."""
+    torch.set_num_threads(1)
+    train = config.train
+    kwargs = {
+        "epochs": int(train["epochs"]),
+        "batch_size": int(train["batch_size"]),
+        "lr": float(train["lr"]),
+        "seed": config.seed,
+    }
+    local: dict[str, float] = {}
+    datasets = []
+    for name, folder in node_data.items():
+        ds = example.load_split(folder / "train.npz")
+        datasets.append(ds)
+        torch.manual_seed(config.seed)
+        local[name] = accuracy(example.fit(example.build_model(), ds, **kwargs), test)
+    pooled = torch.utils.data.ConcatDataset(datasets)
+    torch.manual_seed(config.seed)
+    central = accuracy(example.fit(example.build_model(), pooled, **kwargs), test)
+    return Baselines(local, central)
+
+
+class Progress:
+    """Turns the nodes' metric records into one compact line per round (printed once it is complete:
+    every node reported it, or a node is two rounds further)."""
+
+    def __init__(self, emit: Callable[[str], None]) -> None:
+        self.emit = emit
+        self._rounds: dict[int, dict[str, Mapping[str, Any]]] = {}
+        self._printed = 0
+
+    def update(self, rows: list[dict[str, Any]], final: bool = False) -> None:
+        rounds: dict[int, dict[str, Mapping[str, Any]]] = {}
+        for row in rows:
+            if row.get("event") in ("sync", "end", "join") and row.get("round") is not None:
+                rounds.setdefault(int(row["round"]), {})[str(row["node"])] = row
+        self._rounds = rounds
+        if not rounds:
+            return
+        nodes = {n for per in rounds.values() for n in per}
+        newest = max(rounds)
+        for r in sorted(rounds):
+            complete = set(rounds[r]) >= nodes or r <= newest - 2 or final
+            if r <= self._printed or not complete:
+                continue
+            self.emit(self.line(r))
+            self._printed = r
+
+    def line(self, round_no: int) -> str:
+        cells = [
+            f"{node} loss {_f(row.get('loss'))} acc {_f(row.get('metric'))}"
+            for node, row in sorted(self._rounds[round_no].items())
+        ]
+        return f"round {round_no:4d} | " + " | ".join(cells)
+
+
+def _f(value: Any) -> str:
+    return "  -  " if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3f}"
+
+
+def write_metrics_csv(rows: Iterable[Mapping[str, Any]], path: Path) -> None:
+    cols = ["t", "node", "event", "round", "epoch", "batches", "interval", "loss", "metric", "leader"]
+    with open(path, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=cols, extrasaction="ignore")
+        writer.writeheader()
+        for row in sorted(rows, key=lambda r: (r.get("t", 0), str(r.get("node")))):
+            writer.writerow(row)
+
+
+def plot_curves(
+    rows: list[Mapping[str, Any]], path: Path, title: str, reference: float | None = None
+) -> None:
+    """Validation loss and accuracy per node over the rounds (PNG, matplotlib Agg)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
+    for node in sorted({str(r["node"]) for r in rows}):
+        mine = [
+            r
+            for r in rows
+            if str(r["node"]) == node and r.get("event") in ("sync", "end") and r.get("round") is not None
+        ]
+        xs = [int(r["round"]) for r in mine]
+        ax_loss.plot(xs, [np.nan if r.get("loss") is None else r["loss"] for r in mine], label=node, lw=1.2)
+        ax_acc.plot(
+            xs, [np.nan if r.get("metric") is None else r["metric"] for r in mine], label=node, lw=1.2
+        )
+    if reference is not None:
+        ax_acc.axhline(reference, color="black", ls="--", lw=1, label="central (test)")
+    ax_loss.set(xlabel="round", ylabel="validation loss (merged model)", title="loss")
+    ax_acc.set(xlabel="round", ylabel="validation accuracy (merged model)", title="accuracy")
+    ax_acc.legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def summary_table(
+    local_only: Mapping[str, float], local_last: Mapping[str, float], swarm: float, central: float
+) -> str:
+    """The table printed at the end of ``swarmctl run`` (accuracies on the common held-out test set)."""
+    lines = [f"{'node':10} {'local-only':>11} {'own last local':>15} {'swarm (merged)':>15}"]
+    for node in sorted(local_only):
+        own = local_last.get(node)
+        lines.append(
+            f"{node:10} {local_only[node]:11.3f} {'-' if own is None else f'{own:.3f}':>15} {swarm:15.3f}"
+        )
+    mean_local = sum(local_only.values()) / max(1, len(local_only))
+    lines.append(f"{'mean':10} {mean_local:11.3f}")
+    lines.append(
+        f"swarm accuracy {swarm:.3f}   central reference (pooled data) {central:.3f}   "
+        f"swarm - central {100 * (swarm - central):+.1f} points   swarm - mean local-only "
+        f"{100 * (swarm - mean_local):+.1f} points"
+    )
+    return "\n".join(lines)

@@ -1,0 +1,115 @@
+"""Weighted geometric median (HPE's ``geomedian``; RFA, Pillutla et al. 2022) by Weiszfeld's algorithm.
+
+Minimises sum_i w_i ||x_i - z|| over the whole flattened model vector (all floating tensors together),
+starting at the weighted mean. One Weiszfeld update is z <- sum_i b_i x_i / sum_i b_i with
+b_i = w_i / ||x_i - z||. It runs layer by layer: the estimate z is kept as float64 per tensor, and the
+full-vector distances ||x_i - z|| are accumulated from per-block squared distances in the same pass that
+writes the new z, so each iteration reads every model once and never concatenates a model.
+
+Scale: "relative" below means relative to s(z) = ||z|| + the weighted median of the distances
+||x_i - z||. The median distance keeps s positive when the median is near the origin, and a minority
+(< half the weight) of attackers cannot inflate it.
+
+Zero distances (z on a model x_k, e.g. when the mean is one of the inputs or the median is a model):
+models within 1e-12 * s(z) of z count as coinciding, with total weight eta. The Vardi-Zhang (2000) rule
+then applies: with R = sum_{i not coinciding} b_i (x_i - z) and r = ||R||, z is the median if r <= eta
+(stop); otherwise z <- (1 - eta / r) T + (eta / r) z, where T is the Weiszfeld point of the other
+models. This keeps the iteration from sticking to a model that is not the median.
+
+Stopping: after an update with ||z_new - z|| <= geomedian_tol * s(z_new) (relative change, HPE's 1e-6);
+when the objective sum_i w_i ||x_i - z|| no longer decreases (oscillation at rounding level; exact
+Weiszfeld steps always decrease it), keeping the current estimate; when all models coincide with z; or
+after geomedian_max_iter updates. ``MergeResult.iterations`` counts the updates made.
+Integer/bool tensors take the weighted lower median of all contributing models.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from swarmlearning.merge.layers import blocks, float_names, merge_discrete, weighted_median
+from swarmlearning.merge.types import MergeInputs, MergeResult
+
+COINCIDE_RTOL = 1e-12
+
+
+def _update(
+    inputs: MergeInputs, z: dict[str, torch.Tensor], beta: torch.Tensor, keep: float
+) -> tuple[float, float, torch.Tensor]:
+    """One pass: z <- (1 - keep) * (beta @ x / sum beta) + keep * z, per block.
+
+    Returns (||z_new - z||^2, ||z_new||^2, squared distances of every model to z_new).
+    """
+    delta2, norm2 = 0.0, 0.0
+    d2 = torch.zeros(len(inputs.models), dtype=torch.float64)
+    b = beta / beta.sum()
+    for name in float_names(inputs.models):
+        bd = b.to(z[name].device)
+        for s, block in blocks(inputs.models, name):
+            old = z[name][s]
+            new = (1 - keep) * (bd @ block) + keep * old
+            delta2 += float((new - old).square().sum())
+            norm2 += float(new.square().sum())
+            d2 += (block - new).square().sum(dim=1).cpu()
+            z[name][s] = new
+    return delta2, norm2, d2
+
+
+def _scale(norm2: float, dist: torch.Tensor, w: torch.Tensor) -> float:
+    """s(z) = ||z|| + weighted median of the distances: the yardstick for "relative" and "zero"."""
+    return math.sqrt(norm2) + float(weighted_median(dist[None, :], w, interpolate=False)[0])
+
+
+def _residual_norm(inputs: MergeInputs, z: dict[str, torch.Tensor], beta: torch.Tensor) -> float:
+    """r = ||sum_i beta_i (x_i - z)||, the pull of the non-coinciding models (Vardi-Zhang)."""
+    r2 = 0.0
+    total = beta.sum()
+    for name in float_names(inputs.models):
+        bd = beta.to(z[name].device)
+        for s, block in blocks(inputs.models, name):
+            r2 += float((bd @ block - total * z[name][s]).square().sum())
+    return math.sqrt(r2)
+
+
+def merge_geomedian(inputs: MergeInputs) -> MergeResult:
+    """Weighted geometric median of the contributing models."""
+    opts, w = inputs.options, inputs.weights
+    first = inputs.models[0]
+    z = {
+        name: torch.zeros(first[name].numel(), dtype=torch.float64, device=first[name].device)
+        for name in float_names(inputs.models)
+    }
+    # Start at the weighted mean: an update with beta = w from z = 0 and keep = 0.
+    _, norm2, d2 = _update(inputs, z, w, 0.0)
+    objective = math.inf
+    iterations = 0
+    while iterations < opts.geomedian_max_iter:
+        dist = d2.sqrt()
+        new_objective = float((w * dist).sum())
+        if new_objective >= objective:
+            break  # no more progress: oscillating at rounding level
+        objective = new_objective
+        coincide = dist <= COINCIDE_RTOL * _scale(norm2, dist, w)
+        if bool(coincide.all()):
+            break  # every model is at z
+        beta = torch.where(coincide, torch.zeros_like(w), w / dist.clamp_min(torch.finfo(torch.float64).tiny))
+        eta = float(w[coincide].sum())
+        keep = 0.0
+        if eta > 0:
+            r = _residual_norm(inputs, z, beta)
+            if r <= eta:
+                break  # z is a model and the others' pull cannot move it: it is the median
+            keep = eta / r
+        delta2, norm2, d2 = _update(inputs, z, beta, keep)
+        iterations += 1
+        if math.sqrt(delta2) <= opts.geomedian_tol * _scale(norm2, d2.sqrt(), w):
+            break
+    state: dict[str, torch.Tensor] = {}
+    for name, ref in first.items():
+        if name in z:
+            state[name] = z[name].reshape(ref.shape).to(ref.dtype)
+        else:
+            state[name] = merge_discrete(inputs.models, w, name)
+    return MergeResult(state=state, selected=inputs.indices, iterations=iterations)

@@ -1,0 +1,186 @@
+"""SwarmCallback parameters: names and defaults of HPE's callback plus ours, validated up front.
+
+Every check raises ``ValueError`` naming the parameter and what is allowed, so a typo fails at
+construction time and not after an hour of training. No torch import here: pure logic.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+CHECKIN_MODES = ("snapshot", "active", "inactive")
+"""``checkinModelOnTrainEnd`` values: contribute the final local weights / resubmit the merged weights /
+contribute with weight 0."""
+MERGE_METHODS = ("mean", "coordmedian", "geomedian", "trimmedmean", "krum", "multikrum")
+"""HPE's three methods plus the robust ones this project adds."""
+DEFAULT_CONTRACT = "defaultbb.cqdb.sml.hpe"
+
+
+@dataclass(frozen=True)
+class SwarmParams:
+    """Validated callback settings. Times in seconds."""
+
+    syncFrequency: int
+    minPeers: int
+    trainingContract: str = DEFAULT_CONTRACT
+    useAdaptiveSync: bool = False
+    adsValData: Any = field(default=None, repr=False)
+    adsValBatchSize: int | None = None
+    checkinModelOnTrainEnd: str = "snapshot"
+    nodeWeightage: int = 1
+    mergeMethod: str = "mean"
+    totalEpochs: int = 0
+    lossFunction: str | None = None
+    lossFunctionArgs: dict[str, Any] | None = None
+    metricFunction: str | None = None
+    metricFunctionArgs: dict[str, Any] | None = None
+    maxPeers: int = 0
+    """0 = no limit, else ≥ minPeers."""
+    numSamples: int = 0
+    """Ours: local training samples, multiplies nodeWeightage in the merge; 0 = unknown (counts as 1)."""
+    trimFraction: float = 0.1
+    """Ours: share trimmed at each end by ``trimmedmean``, 0–0.49."""
+    byzantine: int = 0
+    """Ours: attackers assumed by ``krum``/``multikrum``."""
+    fullQuorumWaitSeconds: float = 30.0
+    """Ours (``SL_WAIT_FOR_FULL_QUORUM_SECONDS``): after minPeers are ready, wait this long for more."""
+    leaderFailureTimeoutSeconds: float = 600.0
+    """Ours (``SL_LEADER_FAILURE_BASE_TIMEOUT``): a leader silent this long is replaced."""
+    quorumTimeoutSeconds: float = 1800.0
+    """Ours: below quorum, wait this long and then fail with a clear error."""
+    logger: logging.Logger | None = field(default=None, repr=False)
+
+    def contract_settings(self) -> dict[str, Any]:
+        """The settings an SL node needs for the training contract and its rounds (JSON-able)."""
+        return {
+            "contract": self.trainingContract,
+            "minPeers": self.minPeers,
+            "maxPeers": self.maxPeers,
+            "mergeMethod": self.mergeMethod,
+            "trimFraction": self.trimFraction,
+            "byzantine": self.byzantine,
+            "fullQuorumWaitSeconds": self.fullQuorumWaitSeconds,
+            "leaderFailureTimeoutSeconds": self.leaderFailureTimeoutSeconds,
+            "quorumTimeoutSeconds": self.quorumTimeoutSeconds,
+            "syncFrequency": self.syncFrequency,
+            "totalEpochs": self.totalEpochs,
+        }
+
+
+_ALLOWED = set(SwarmParams.__dataclass_fields__) | {"model"}
+
+
+def _int(name: str, value: object, low: int, high: int | None = None) -> int:
+    # bool is an int subclass; True as a peer count is a bug, not a 1.
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{name} must be an integer {_range(low, high)}, got {value!r}")
+    if value < low or (high is not None and value > high):
+        raise ValueError(f"{name} must be {_range(low, high)}, got {value}")
+    return value
+
+
+def _num(name: str, value: object, low: float, high: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"{name} must be a number between {low} and {high}, got {value!r}")
+    if not low <= float(value) <= high:
+        raise ValueError(f"{name} must be between {low} and {high}, got {value}")
+    return float(value)
+
+
+def _range(low: int, high: int | None) -> str:
+    return f"between {low} and {high}" if high is not None else f">= {low}"
+
+
+def _choice(name: str, value: object, allowed: tuple[str, ...]) -> str:
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
+    return str(value)
+
+
+def _kwargs(name: str, value: object) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+        raise ValueError(f"{name} must be a dict of keyword arguments (str keys) or None, got {value!r}")
+    return dict(value)
+
+
+def validate_params(syncFrequency: object, minPeers: object, **kw: Any) -> SwarmParams:  # noqa: N803
+    """Check every parameter and return them as ``SwarmParams``.
+
+    ``model``, if present in ``kw``, is ignored here (the callback checks its type).
+    """
+    unknown = sorted(set(kw) - _ALLOWED)
+    if unknown:
+        raise ValueError(
+            f"unknown SwarmCallback parameter(s) {', '.join(unknown)}; allowed: {', '.join(sorted(_ALLOWED))}"
+        )
+    kw.pop("model", None)
+    sync = _int("syncFrequency", syncFrequency, 1)
+    peers = _int("minPeers", minPeers, 1)
+    contract = kw.get("trainingContract", DEFAULT_CONTRACT)
+    if not isinstance(contract, str) or not contract or len(contract) > 253 or "/" in contract:
+        raise ValueError(
+            f"trainingContract must be a non-empty string of at most 253 characters without '/', "
+            f"got {contract!r}"
+        )
+    adaptive = kw.get("useAdaptiveSync", False)
+    if not isinstance(adaptive, bool):
+        raise ValueError(f"useAdaptiveSync must be True or False, got {adaptive!r}")
+    val_data = kw.get("adsValData")
+    if val_data is not None and not hasattr(val_data, "__iter__"):
+        raise ValueError(
+            "adsValData must be a torch DataLoader, a Dataset, or an iterable of (inputs, targets) batches"
+        )
+    if adaptive and val_data is None:
+        raise ValueError("useAdaptiveSync=True needs adsValData (validation data to watch the loss on)")
+    val_bs = kw.get("adsValBatchSize")
+    if val_bs is not None:
+        _int("adsValBatchSize", val_bs, 1)
+    max_peers = _int("maxPeers", kw.get("maxPeers", 0), 0)
+    if max_peers and max_peers < peers:
+        raise ValueError(f"maxPeers must be 0 (no limit) or >= minPeers ({peers}), got {max_peers}")
+    loss = kw.get("lossFunction")
+    if loss is not None and (not isinstance(loss, str) or not loss):
+        raise ValueError(
+            f"lossFunction must be the name of a torch.nn loss (e.g. 'CrossEntropyLoss'), got {loss!r}"
+        )
+    metric = kw.get("metricFunction")
+    if metric is not None and (not isinstance(metric, str) or not metric):
+        raise ValueError(f"metricFunction must be a metric name (e.g. 'Accuracy'), got {metric!r}")
+    logger = kw.get("logger")
+    if logger is not None and not isinstance(logger, logging.Logger):
+        raise ValueError(f"logger must be a logging.Logger or None, got {logger!r}")
+    full_wait = _num("fullQuorumWaitSeconds", kw.get("fullQuorumWaitSeconds", 30.0), 0, 3600)
+    leader_timeout = _num(
+        "leaderFailureTimeoutSeconds", kw.get("leaderFailureTimeoutSeconds", 600.0), 5, 86400
+    )
+    quorum_timeout = _num("quorumTimeoutSeconds", kw.get("quorumTimeoutSeconds", 1800.0), 10, 86400)
+    return SwarmParams(
+        syncFrequency=sync,
+        minPeers=peers,
+        trainingContract=contract,
+        useAdaptiveSync=adaptive,
+        adsValData=val_data,
+        adsValBatchSize=val_bs,
+        checkinModelOnTrainEnd=_choice(
+            "checkinModelOnTrainEnd", kw.get("checkinModelOnTrainEnd", "snapshot"), CHECKIN_MODES
+        ),
+        nodeWeightage=_int("nodeWeightage", kw.get("nodeWeightage", 1), 1, 100),
+        mergeMethod=_choice("mergeMethod", kw.get("mergeMethod", "mean"), MERGE_METHODS),
+        totalEpochs=_int("totalEpochs", kw.get("totalEpochs", 0), 0),
+        lossFunction=loss,
+        lossFunctionArgs=_kwargs("lossFunctionArgs", kw.get("lossFunctionArgs")),
+        metricFunction=metric,
+        metricFunctionArgs=_kwargs("metricFunctionArgs", kw.get("metricFunctionArgs")),
+        maxPeers=max_peers,
+        numSamples=_int("numSamples", kw.get("numSamples", 0), 0),
+        trimFraction=_num("trimFraction", kw.get("trimFraction", 0.1), 0.0, 0.49),
+        byzantine=_int("byzantine", kw.get("byzantine", 0), 0),
+        fullQuorumWaitSeconds=full_wait,
+        leaderFailureTimeoutSeconds=leader_timeout,
+        quorumTimeoutSeconds=quorum_timeout,
+        logger=kw.get("logger"),
+    )

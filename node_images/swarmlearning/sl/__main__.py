@@ -1,0 +1,5 @@
+import sys
+
+from swarmlearning.sl.main import main
+
+sys.exit(main())

@@ -1,0 +1,600 @@
+"""The SL node: pairs with one ML process, joins round barriers in the ledger, merges when it leads.
+
+One sync, seen from this node (round numbers come from the ledger, starting at 1):
+
+1. the ML process sends its weights (safetensors) over the local channel;
+2. the node stores them as its round input (served to the leader over mTLS), marks itself ready with
+   their digest, nodeWeightage and sample count, and waits for the round to close (quorum, then up to
+   ``fullQuorumWaitSeconds`` for more peers, at most ``maxPeers``); below quorum it tells the ML process
+   what it waits for and fails after ``quorumTimeoutSeconds``;
+3. the leader of attempt ``a`` (drawn from the close record) holds a leadership lease, fetches every
+   participant's input, checks it against the digest the peer declared, rejects wrong names, shapes,
+   dtypes and non-finite values, merges the rest with the contract's method, serves the result and
+   commits a signed round record (inputs, weights, digests, rejected peers);
+4. everyone else waits for that record, fetches the merged model, checks its digest against the record
+   and hands it to the ML process. If the leader dies, the next attempt's leader takes over.
+
+Round 1 is the initial sync: the leader's own weights become everyone's starting point (averaging
+random initialisations would shrink them). After ``on_train_end`` a node keeps contributing (snapshot,
+merged or weight 0, per ``checkinModelOnTrainEnd``) until a round in which every participant has
+finished; that round's merged model is the final model of every node.
+
+Test-only fault injection (``SWARM_SL_FAULT``): ``nan`` / ``shape`` corrupt this node's inputs from
+round 2 on; ``leader-sleep:<seconds>:<round>`` makes the attempt-0 leader of that round sleep before
+committing (so a test can kill it mid-merge).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from swarmlearning import pki
+from swarmlearning.ledger import (
+    LeaderFailed,
+    Ledger,
+    LedgerError,
+    NoEligibleLeader,
+    QuorumTimeout,
+    Record,
+    RoundAlreadyCommitted,
+    RoundClose,
+)
+from swarmlearning.merge import merge, validate_peer_model
+from swarmlearning.sl.channel import Frame, read_frame, write_frame
+from swarmlearning.sl.peers import ModelKey, ModelStore, PeerClient, PeerError, PeerServer
+from swarmlearning.sl.weights import decode_state, digest, encode_state
+
+log = logging.getLogger("swarmlearning.sl")
+
+INITIAL_ROUND = 1
+FETCH_TIMEOUT_SECONDS = 30.0
+"""Per peer download of a model (a few MB on a LAN is well below this)."""
+RESULT_FETCH_SECONDS = 60.0
+"""How long a non-leader keeps trying to download a committed merged model."""
+
+
+class RoundFailed(RuntimeError):
+    """A sync could not complete; the message is shown to the user by the ML process."""
+
+
+@dataclass(frozen=True)
+class SLConfig:
+    """Settings of one SL node (``python -m swarmlearning.sl --help`` lists the flags)."""
+
+    name: str
+    cert_dir: Path
+    sn_endpoints: tuple[str, ...]
+    socket_path: Path
+    listen_host: str = "0.0.0.0"
+    listen_port: int = 30305
+    """0 = pick a free port (local runs)."""
+    advertise_host: str = "127.0.0.1"
+    """Host peers use to reach this node's SL server; must be a SAN of the node certificate."""
+    leader_eligible: bool = True
+    linger_seconds: float = 10.0
+    """After the ML process finished, keep serving models this long (late fetchers), then exit."""
+    fault: str = ""
+    """Test-only fault injection, see the module docstring."""
+
+
+@dataclass
+class _Session:
+    """State of the current ML connection."""
+
+    contract: str = ""
+    settings: dict[str, Any] = field(default_factory=dict)
+    """The ML side's contract settings (timeouts are per node)."""
+    params: Mapping[str, Any] = field(default_factory=dict)
+    """The contract's recorded parameters (merge method etc.; the first writer's)."""
+    last_merged: bytes = b""
+
+
+class SLNode:
+    """One SL node process: channel server, SL peer server, ledger client."""
+
+    def __init__(self, config: SLConfig) -> None:
+        self.config = config
+        self.cert = pki.NodeCert.load(config.cert_dir)
+        if self.cert.name != config.name:
+            raise ValueError(f"--name {config.name!r} differs from the certificate CN {self.cert.name!r}")
+        self.store = ModelStore()
+        self.peers = PeerClient(self.cert)
+        self.server = PeerServer(self.cert, self.store, config.listen_host, config.listen_port)
+        self.ledger: Ledger | None = None
+        self.endpoint = ""
+        self._done = asyncio.Event()
+        self._busy = asyncio.Lock()
+        self._channel: asyncio.AbstractServer | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def run(self, stop: asyncio.Event | None = None) -> None:
+        """Serve until the ML process finished (plus linger) or ``stop`` is set."""
+        port = await self.server.start()
+        self.endpoint = f"{self.config.advertise_host}:{port}"
+        try:
+            self.ledger = await Ledger.connect(list(self.config.sn_endpoints), self.cert)
+            await self.ledger.register_member(self.endpoint, leader_eligible=self.config.leader_eligible)
+            sock = self.config.socket_path
+            sock.parent.mkdir(parents=True, exist_ok=True)
+            with contextlib.suppress(FileNotFoundError):
+                sock.unlink()
+            self._channel = await asyncio.start_unix_server(self._serve_ml, path=str(sock), limit=1 << 20)
+            log.info(
+                "SL node %s ready: peers reach it at %s, ML channel %s, SN %s",
+                self.cert.name,
+                self.endpoint,
+                sock,
+                ",".join(self.config.sn_endpoints),
+            )
+            waiters = [asyncio.ensure_future(self._done.wait())]
+            if stop is not None:
+                waiters.append(asyncio.ensure_future(stop.wait()))
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            for w in waiters:
+                w.cancel()
+            if self._done.is_set() and not (stop and stop.is_set()):
+                log.info(
+                    "training finished; serving models %ss more for late fetchers", self.config.linger_seconds
+                )
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(
+                        stop.wait() if stop else asyncio.sleep(self.config.linger_seconds),
+                        self.config.linger_seconds,
+                    )
+        finally:
+            await self.close()
+
+    async def close(self) -> None:
+        if self._channel is not None:
+            self._channel.close()
+            self._channel = None
+            with contextlib.suppress(FileNotFoundError):
+                self.config.socket_path.unlink()
+        await self.peers.close()
+        await self.server.stop()
+        if self.ledger is not None:
+            await self.ledger.close()
+            self.ledger = None
+
+    # ------------------------------------------------------------------ ML channel
+
+    async def _serve_ml(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        session = _Session()
+        finished = False
+        try:
+            while (frame := await read_frame(reader)) is not None:
+
+                def note(message: str) -> None:
+                    log.info("%s", message)
+                    if not writer.is_closing():
+                        writer.write(_encode_interim(message))
+
+                async with self._busy:
+                    try:
+                        reply = await self._handle(session, frame, note)
+                    except (RoundFailed, QuorumTimeout, LedgerError, PeerError, ValueError) as exc:
+                        log.error("%s", exc)
+                        reply = Frame({"ok": False, "error": str(exc)})
+                await write_frame(writer, reply)
+                if frame.header.get("op") == "finish" and reply.header.get("ok"):
+                    finished = True
+        except (ConnectionError, asyncio.IncompleteReadError) as exc:
+            log.warning("ML channel closed: %s", exc)
+        except Exception:
+            log.exception("ML channel handler failed")
+        finally:
+            writer.close()
+            if finished:
+                self._done.set()
+
+    async def _handle(self, s: _Session, frame: Frame, note: Callable[[str], None]) -> Frame:
+        op = frame.header.get("op")
+        ledger = self._ledger()
+        if op == "hello":
+            settings = dict(frame.header.get("settings") or {})
+            s.settings = settings
+            s.contract = str(settings.get("contract", ""))
+            wanted = {
+                k: settings[k]
+                for k in ("mergeMethod", "minPeers", "maxPeers", "trimFraction", "byzantine")
+                if k in settings
+            }
+            s.params = await ledger.ensure_contract(s.contract, wanted)
+            differ = {k: (v, s.params.get(k)) for k, v in wanted.items() if s.params.get(k) != v}
+            if differ:
+                log.warning(
+                    "contract %s was recorded with other parameters %s; using the recorded ones",
+                    s.contract,
+                    differ,
+                )
+            latest = await ledger.latest_round(s.contract)
+            return Frame(
+                {
+                    "ok": True,
+                    "latest_round": None if latest is None else latest.body["round"],
+                    "contract_params": dict(s.params),
+                }
+            )
+        if not s.contract:
+            raise RoundFailed(f"op {op!r} before hello: the callback must call on_train_begin() first")
+        if op == "latest":
+            round_no, data = await self._latest_merged(s, note)
+            s.last_merged = data
+            return Frame({"ok": True, "round": round_no}, data)
+        if op == "sync":
+            kind = str(frame.header.get("kind", "round"))
+            if kind == "initial" and await ledger.current_round(s.contract) > INITIAL_ROUND:
+                # Round 1 closed without us: take the swarm's start (or newer) model instead.
+                round_no, data = await self._latest_merged(s, note)
+                s.last_merged = data
+                return Frame({"ok": True, "round": round_no, "late": True}, data)
+            result = await self._sync(s, frame.payload, frame.header, final=False, note=note)
+            return result.reply()
+        if op == "finish":
+            return await self._finish(s, frame, note)
+        raise RoundFailed(f"unknown channel op {op!r}; expected hello, sync, latest or finish")
+
+    def _ledger(self) -> Ledger:
+        if self.ledger is None:
+            raise RoundFailed("the SL node is not connected to the ledger")
+        return self.ledger
+
+    # ------------------------------------------------------------------ rounds
+
+    async def _finish(self, s: _Session, frame: Frame, note: Callable[[str], None]) -> Frame:
+        mode = str(frame.header.get("mode", "snapshot"))
+        final_local = frame.payload
+        header = dict(frame.header)
+        while True:
+            contribution = s.last_merged if mode == "active" and s.last_merged else final_local
+            if mode == "inactive":
+                header["weight"] = 0
+            result = await self._sync(s, contribution, header, final=True, note=note)
+            if result.all_final:
+                note(f"round {result.round_no}: every participant has finished; final model "
+                     f"{result.digest[:12]}")
+                return result.reply()
+            note(
+                f"round {result.round_no}: finished here, still contributing ({mode}) until all peers finish"
+            )
+
+    async def _sync(
+        self,
+        s: _Session,
+        payload: bytes,
+        header: Mapping[str, Any],
+        *,
+        final: bool,
+        note: Callable[[str], None],
+    ) -> _RoundResult:
+        ledger = self._ledger()
+        settings = s.settings
+        payload = self._inject_input_fault(payload, await ledger.current_round(s.contract))
+        weight = float(header.get("weight", 1))
+        samples = int(header.get("samples", 1))
+        quorum_timeout = float(settings.get("quorumTimeoutSeconds", 1800))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + quorum_timeout
+        while True:
+            round_no = await ledger.current_round(s.contract)
+            key = ModelKey(s.contract, round_no, "input")
+            d = self.store.put(key, payload, final=final)
+            await ledger.mark_ready(s.contract, round_no, digest=d, weight=weight, samples=samples)
+            try:
+                close = await ledger.close_round(
+                    s.contract,
+                    round_no,
+                    min_peers=int(s.params.get("minPeers", settings.get("minPeers", 1))),
+                    max_peers=int(s.params.get("maxPeers", 0)),
+                    full_quorum_wait_s=float(settings.get("fullQuorumWaitSeconds", 30)),
+                    timeout_s=max(1.0, deadline - loop.time()),
+                    progress=note,
+                )
+            except QuorumTimeout as exc:
+                raise RoundFailed(f"{exc} (quorumTimeoutSeconds={quorum_timeout:g})") from exc
+            if self.cert.name in close.names:
+                break
+            note(f"round {round_no} closed without {self.cert.name} (too late); joining round {round_no + 1}")
+        result = await self._complete_round(s, close, note)
+        s.last_merged = result.data
+        return result
+
+    async def _complete_round(
+        self, s: _Session, close: RoundClose, note: Callable[[str], None]
+    ) -> _RoundResult:
+        ledger = self._ledger()
+        leader_timeout = float(s.settings.get("leaderFailureTimeoutSeconds", 600))
+        eligible = [p.name for p in close.participants if p.leader_eligible]
+        if not eligible:
+            raise NoEligibleLeader(f"round {close.round_no}: no participant is leader-eligible")
+        for attempt in range(2 * len(eligible)):
+            leader = ledger.leader_for(close, attempt)
+            if leader == self.cert.name:
+                try:
+                    record, data = await self._lead(s, close, attempt, note)
+                    return _RoundResult.of(close, record, data)
+                except RoundAlreadyCommitted as exc:
+                    record = exc.record
+            else:
+                note(
+                    f"round {close.round_no}: waiting for leader {leader} (attempt {attempt}, "
+                    f"up to {leader_timeout:g}s)"
+                )
+                try:
+                    record = await ledger.wait_round_result(close, attempt, leader_timeout_s=leader_timeout)
+                except LeaderFailed as exc:
+                    note(f"{exc}; moving to attempt {attempt + 1}")
+                    continue
+            data = await self._fetch_result(s, close, record)
+            return _RoundResult.of(close, record, data)
+        raise RoundFailed(
+            f"round {close.round_no}: no leader committed after {2 * len(eligible)} attempts "
+            f"(leaderFailureTimeoutSeconds={leader_timeout:g})"
+        )
+
+    async def _lead(
+        self, s: _Session, close: RoundClose, attempt: int, note: Callable[[str], None]
+    ) -> tuple[Record, bytes]:
+        ledger = self._ledger()
+        leader_timeout = float(s.settings.get("leaderFailureTimeoutSeconds", 600))
+        ttl = int(max(2, min(10, leader_timeout / 3)))
+        method = str(s.params.get("mergeMethod", "mean"))
+        n_inputs = len(close.participants)
+        note(f"round {close.round_no}: leading attempt {attempt}, merging {n_inputs} inputs ({method})")
+        async with ledger.hold_leadership(close.contract, close.round_no, attempt, ttl_s=ttl):
+            raw = await asyncio.gather(
+                *(self._fetch_input(close, p.name, p.endpoint, p.digest) for p in close.participants),
+                return_exceptions=True,
+            )
+            inputs: dict[str, tuple[bytes, dict[str, torch.Tensor], bool]] = {}
+            rejected: dict[str, str] = {}
+            for p, got in zip(close.participants, raw, strict=True):
+                if isinstance(got, BaseException):
+                    rejected[p.name] = f"unreachable: {got}"
+                    continue
+                data, is_final = got
+                try:
+                    inputs[p.name] = (data, decode_state(data), is_final)
+                except Exception as exc:  # a peer's garbage must not stop the round
+                    rejected[p.name] = f"not safetensors: {exc}"
+            reference = _majority_structure({n: v[1] for n, v in inputs.items()}, prefer=self.cert.name)
+            accepted: list[str] = []
+            for name, (_, state, _) in inputs.items():
+                problem = validate_peer_model(reference, state)
+                if problem is None:
+                    accepted.append(name)
+                else:
+                    rejected[name] = problem
+            for name, why in rejected.items():
+                note(f"round {close.round_no}: rejected input of {name}: {why}")
+            if not accepted:
+                raise RoundFailed(f"round {close.round_no}: every input was rejected: {rejected}")
+            accepted.sort()
+            weights = {
+                n: close.participant(n).weight * max(1, close.participant(n).samples) for n in accepted
+            }
+            if close.round_no == INITIAL_ROUND:
+                # Everyone starts from one model: the leader's (or the first valid) initial weights.
+                start = self.cert.name if self.cert.name in accepted else accepted[0]
+                merged_bytes = inputs[start][0]
+                weights = {n: (1.0 if n == start else 0.0) for n in accepted}
+                used_method, extra = "initial", {"start": start}
+            else:
+                if not any(weights.values()):  # every node inactive: fall back to equal weights
+                    weights = dict.fromkeys(accepted, 1.0)
+                result = await asyncio.to_thread(
+                    merge,
+                    method,
+                    [inputs[n][1] for n in accepted],
+                    [weights[n] for n in accepted],
+                    trim_fraction=float(s.params.get("trimFraction", 0.1)),
+                    byzantine=int(s.params.get("byzantine", 0)),
+                )
+                merged_bytes = await asyncio.to_thread(encode_state, result.state)
+                used_method = method
+                extra = {"selected": [accepted[i] for i in result.selected], "iterations": result.iterations}
+            extra["final"] = sorted(n for n in accepted if inputs[n][2])
+            merged_digest = self.store.put(ModelKey(close.contract, close.round_no, "merged"), merged_bytes)
+            await self._maybe_sleep_before_commit(close, attempt, note)
+            record = await ledger.commit_round(
+                close.contract,
+                close.round_no,
+                attempt,
+                participants=accepted,
+                weights=weights,
+                input_digests={n: digest(inputs[n][0]) for n in accepted},
+                merged_digest=merged_digest,
+                merge_method=used_method,
+                rejected=rejected,
+                extra=extra,
+            )
+        note(
+            f"round {close.round_no}: committed merge of {len(accepted)} inputs"
+            + (f", rejected {sorted(rejected)}" if rejected else "")
+        )
+        return record, merged_bytes
+
+    async def _fetch_input(
+        self, close: RoundClose, name: str, endpoint: str, expected: str
+    ) -> tuple[bytes, bool]:
+        key = ModelKey(close.contract, close.round_no, "input")
+        if name == self.cert.name:
+            held = self.store.get(key)
+            if held is None:
+                raise PeerError("own input is no longer held")
+            return held.data, held.final
+        data, final = await self.peers.fetch(
+            endpoint,
+            close.contract,
+            close.round_no,
+            "input",
+            timeout=FETCH_TIMEOUT_SECONDS,
+            expected_digest=expected,
+        )
+        return data, final
+
+    async def _fetch_result(self, s: _Session, close: RoundClose | None, record: Record) -> bytes:
+        """Download the merged model of ``record`` (leader first, then anyone who has it)."""
+        round_no = int(record.body["round"])
+        key = ModelKey(record.contract, round_no, "merged")
+        expected = str(record.body["merged_digest"])
+        held = self.store.get(key)
+        if held is not None and held.digest == expected:
+            return held.data
+        endpoints = [str(record.body.get("leader_endpoint") or "")]
+        if close is not None:
+            endpoints += [p.endpoint for p in close.participants if p.name != self.cert.name]
+        endpoints += [m.endpoint for m in await self._ledger().members() if m.name != self.cert.name]
+        endpoints = [e for e in dict.fromkeys(endpoints) if e and e != self.endpoint]
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + RESULT_FETCH_SECONDS
+        errors: list[str] = []
+        while loop.time() < deadline:
+            for ep in endpoints:
+                try:
+                    data, _ = await self.peers.fetch(
+                        ep,
+                        record.contract,
+                        round_no,
+                        "merged",
+                        timeout=FETCH_TIMEOUT_SECONDS,
+                        expected_digest=expected,
+                    )
+                except PeerError as exc:
+                    errors.append(str(exc))
+                    continue
+                self.store.put(key, data)
+                return data
+            await asyncio.sleep(0.5)
+        raise RoundFailed(
+            f"round {round_no}: could not download the merged model {expected[:12]} from "
+            f"{', '.join(endpoints) or 'anyone'} within {RESULT_FETCH_SECONDS:g}s: {errors[-3:]}"
+        )
+
+    async def _latest_merged(self, s: _Session, note: Callable[[str], None]) -> tuple[int, bytes]:
+        """The newest committed model (waits for round 1's result when none is committed yet)."""
+        ledger = self._ledger()
+        timeout = float(s.settings.get("quorumTimeoutSeconds", 1800)) + float(
+            s.settings.get("leaderFailureTimeoutSeconds", 600)
+        )
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        said = False
+        while (record := await ledger.latest_round(s.contract)) is None:
+            if loop.time() >= deadline:
+                raise RoundFailed(
+                    f"contract {s.contract!r}: no merged model was committed within {timeout:g}s"
+                )
+            if not said:
+                note(f"contract {s.contract!r}: waiting for the first merged model to join from")
+                said = True
+            await asyncio.sleep(0.5)
+        round_no = int(record.body["round"])
+        close = await ledger.round_close(s.contract, round_no)
+        note(f"joining from the merged model of round {round_no}")
+        return round_no, await self._fetch_result(s, close, record)
+
+    # ------------------------------------------------------------------ test-only faults
+
+    def _inject_input_fault(self, payload: bytes, round_no: int) -> bytes:
+        fault = self.config.fault
+        if fault not in ("nan", "shape") or round_no <= INITIAL_ROUND:
+            return payload
+        state = decode_state(payload)
+        name = sorted(state)[0]
+        if fault == "nan":
+            state[name] = torch.full_like(state[name], float("nan"))
+        else:
+            state[name] = torch.zeros(*state[name].shape, 3, dtype=state[name].dtype)
+        log.warning("fault injection: sending %s weights (tensor %r) in round %d", fault, name, round_no)
+        return encode_state(state)
+
+    async def _maybe_sleep_before_commit(
+        self, close: RoundClose, attempt: int, note: Callable[[str], None]
+    ) -> None:
+        fault = self.config.fault
+        if not fault.startswith("leader-sleep:") or attempt != 0:
+            return
+        _, seconds, round_no = fault.split(":")
+        if int(round_no) == close.round_no:
+            note(f"fault injection: leader sleeping {seconds}s before committing round {close.round_no}")
+            await asyncio.sleep(float(seconds))
+
+
+@dataclass(frozen=True)
+class _RoundResult:
+    round_no: int
+    data: bytes
+    digest: str
+    participants: tuple[str, ...]
+    leader: str
+    rejected: Mapping[str, str]
+    all_final: bool
+
+    @classmethod
+    def of(cls, close: RoundClose, record: Record, data: bytes) -> _RoundResult:
+        body = record.body
+        merged = tuple(body.get("participants", ()))
+        final = set((body.get("extra") or {}).get("final", ()))
+        return cls(
+            round_no=close.round_no,
+            data=data,
+            digest=str(body["merged_digest"]),
+            participants=merged,
+            leader=record.author,
+            rejected=dict(body.get("rejected") or {}),
+            all_final=bool(merged) and set(merged) <= final,
+        )
+
+    def reply(self) -> Frame:
+        return Frame(
+            {
+                "ok": True,
+                "round": self.round_no,
+                "participants": list(self.participants),
+                "leader": self.leader,
+                "rejected": dict(self.rejected),
+                "digest": self.digest,
+                "all_final": self.all_final,
+            },
+            self.data,
+        )
+
+
+def _encode_interim(message: str) -> bytes:
+    from swarmlearning.sl.channel import encode_frame
+
+    return encode_frame(Frame({"interim": True, "message": message}))
+
+
+def _signature(state: Mapping[str, torch.Tensor]) -> tuple[tuple[str, tuple[int, ...], str], ...]:
+    return tuple(sorted((k, tuple(v.shape), str(v.dtype)) for k, v in state.items()))
+
+
+def _majority_structure(
+    states: Mapping[str, Mapping[str, torch.Tensor]], prefer: str
+) -> Mapping[str, torch.Tensor]:
+    """The state_dict whose names/shapes/dtypes most inputs share (ties: ``prefer``'s), as the reference
+    every input is validated against, so one malformed peer (even the leader) cannot reject the rest."""
+    if not states:
+        return {}
+    groups: dict[tuple[tuple[str, tuple[int, ...], str], ...], list[str]] = {}
+    for name, state in states.items():
+        groups.setdefault(_signature(state), []).append(name)
+    best = max(groups.values(), key=lambda names: (len(names), prefer in names))
+    return states[prefer if prefer in best else best[0]]
+
+
+def config_from_env() -> dict[str, str]:
+    """Environment variables the SL image honours (mirrors the flags of ``python -m swarmlearning.sl``)."""
+    return {k: v for k, v in os.environ.items() if k.startswith("SWARM_")}

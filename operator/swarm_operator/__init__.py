@@ -1,0 +1,1 @@
+"""Kopf controller for Swarm Learning custom resources (SwarmNetwork, LearningNode, SwarmTask)."""

@@ -1,0 +1,143 @@
+"""SwarmCallback parameter validation, SWARM_LOOPBACK and the adaptive-sync rule (pure logic)."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+from swarmlearning.pyt import SwarmCallback, SwarmError
+from swarmlearning.pyt.adaptive import MAX_FACTOR, next_sync_interval
+from swarmlearning.pyt.metrics import make_metric
+from torch.utils.data import DataLoader, TensorDataset
+
+pytestmark = pytest.mark.unit
+
+
+def _model() -> torch.nn.Module:
+    return torch.nn.Linear(3, 2)
+
+
+def _val() -> DataLoader:
+    return DataLoader(TensorDataset(torch.randn(8, 3), torch.randint(0, 2, (8,))), batch_size=4)
+
+
+# (parameter, bad value, words the message must contain)
+BAD = [
+    ("syncFrequency", 0, ">= 1"),
+    ("syncFrequency", 2.5, "integer"),
+    ("minPeers", 0, ">= 1"),
+    ("minPeers", True, "integer"),
+    ("trainingContract", "", "non-empty"),
+    ("trainingContract", "a/b", "without '/'"),
+    ("useAdaptiveSync", "yes", "True or False"),
+    ("adsValData", 5, "DataLoader"),
+    ("adsValBatchSize", 0, ">= 1"),
+    ("checkinModelOnTrainEnd", "always", "snapshot, active, inactive"),
+    ("nodeWeightage", 0, "between 1 and 100"),
+    ("nodeWeightage", 101, "between 1 and 100"),
+    ("mergeMethod", "median", "mean, coordmedian, geomedian, trimmedmean, krum, multikrum"),
+    ("totalEpochs", -1, ">= 0"),
+    ("lossFunction", "NoSuchLoss", "torch.nn loss"),
+    ("lossFunction", 3, "torch.nn loss"),
+    ("lossFunctionArgs", [1], "dict"),
+    ("metricFunction", "NoSuchMetric", "Accuracy"),
+    ("metricFunctionArgs", "x", "dict"),
+    ("maxPeers", 1, "0 (no limit) or >= minPeers"),
+    ("maxPeers", -1, ">= 0"),
+    ("numSamples", -5, ">= 0"),
+    ("trimFraction", 0.5, "between 0.0 and 0.49"),
+    ("byzantine", -1, ">= 0"),
+    ("fullQuorumWaitSeconds", 4000, "between 0 and 3600"),
+    ("leaderFailureTimeoutSeconds", 1, "between 5 and 86400"),
+    ("quorumTimeoutSeconds", 5, "between 10 and 86400"),
+    ("logger", "log", "logging.Logger"),
+    ("model", "net", "torch.nn.Module"),
+]
+
+
+@pytest.mark.parametrize(("name", "value", "words"), BAD, ids=[f"{n}={v!r}" for n, v, _ in BAD])
+def test_bad_parameter_names_itself_and_range(name: str, value: object, words: str) -> None:
+    kw: dict[str, object] = {"syncFrequency": 2, "minPeers": 2, "model": _model()}
+    kw[name] = value
+    with pytest.raises(ValueError) as err:
+        SwarmCallback(**kw)  # type: ignore[arg-type]
+    assert name in str(err.value)
+    assert words in str(err.value)
+
+
+def test_unknown_parameter_is_named() -> None:
+    with pytest.raises(ValueError, match="syncFreq"):
+        SwarmCallback(2, 2, model=_model(), syncFreq=3)
+
+
+def test_adaptive_sync_needs_validation_data_and_loss() -> None:
+    with pytest.raises(ValueError, match="adsValData"):
+        SwarmCallback(2, 2, model=_model(), useAdaptiveSync=True)
+    with pytest.raises(ValueError, match="lossFunction"):
+        SwarmCallback(2, 2, model=_model(), useAdaptiveSync=True, adsValData=_val())
+
+
+def test_valid_parameters_and_defaults() -> None:
+    cb = SwarmCallback(4, 3, model=_model(), maxPeers=5, logger=logging.getLogger("t"), mergeMethod="krum")
+    assert cb.params.trainingContract == "defaultbb.cqdb.sml.hpe"
+    assert cb.params.checkinModelOnTrainEnd == "snapshot"
+    assert cb.params.nodeWeightage == 1
+    assert cb.params.fullQuorumWaitSeconds == 30.0
+    assert cb.params.contract_settings()["mergeMethod"] == "krum"
+    assert cb.sync_interval == 4
+
+
+def test_loopback_trains_without_a_swarm(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    monkeypatch.setenv("SWARM_LOOPBACK", "True")
+    monkeypatch.delenv("SWARM_SL_SOCKET", raising=False)
+    monkeypatch.setenv("SWARM_METRICS_FILE", str(tmp_path / "m.jsonl"))
+    model = _model()
+    cb = SwarmCallback(
+        1, 5, model=model, adsValData=_val(), lossFunction="CrossEntropyLoss", metricFunction="Accuracy"
+    )
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    cb.on_train_begin()
+    for _ in range(3):
+        cb.on_batch_end()
+    cb.on_epoch_end(0)
+    cb.on_train_end()
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert cb.round is None and cb.local_state is not None
+    events = [line for line in (tmp_path / "m.jsonl").read_text().splitlines()]
+    assert len(events) == 2  # epoch and end records, no sync
+
+
+def test_without_loopback_a_missing_socket_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SWARM_LOOPBACK", raising=False)
+    monkeypatch.delenv("SWARM_SL_SOCKET", raising=False)
+    cb = SwarmCallback(1, 2, model=_model())
+    with pytest.raises(SwarmError, match="SWARM_SL_SOCKET"):
+        cb.on_train_begin()
+
+
+def test_hooks_before_train_begin_fail_clearly(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SWARM_LOOPBACK", raising=False)
+    cb = SwarmCallback(1, 2, model=_model())
+    with pytest.raises(SwarmError, match="on_train_begin"):
+        cb.on_batch_end()
+
+
+def test_adaptive_sync_rule() -> None:
+    base = 8
+    assert next_sync_interval(8, base, None, 1.0) == 8  # first measurement: baseline only
+    assert next_sync_interval(8, base, 1.0, 0.9) == 16  # clear improvement: sync less often
+    assert next_sync_interval(8, base, 1.0, 0.99) == 4  # plateau: sync more often
+    assert next_sync_interval(8, base, 1.0, 1.2) == 4  # worse: sync more often
+    assert next_sync_interval(base * MAX_FACTOR, base, 1.0, 0.5) == base * MAX_FACTOR  # capped
+    assert next_sync_interval(2, base, 1.0, 1.0) == 2  # floor base // MAX_FACTOR
+    assert next_sync_interval(1, 1, 1.0, 1.0) == 1
+    assert next_sync_interval(8, base, 1.0, float("nan")) == 8
+
+
+def test_builtin_metrics() -> None:
+    acc = make_metric("Accuracy", None)
+    assert float(acc(torch.tensor([[0.1, 0.9], [0.8, 0.2]]), torch.tensor([1, 1]))) == pytest.approx(0.5)
+    assert float(acc(torch.tensor([0.7, 0.2]), torch.tensor([1, 0]))) == pytest.approx(1.0)
+    mse = make_metric("MeanSquaredError", None)
+    assert float(mse(torch.tensor([1.0, 3.0]), torch.tensor([1.0, 1.0]))) == pytest.approx(2.0)
