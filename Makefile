@@ -52,11 +52,12 @@ cluster-up: venv testbed
 cluster-down: venv
 	$(PY) -m tests.testbed down
 
+# Benchmarks (not part of `make test`). Flower lives in its own venv .venv-bench (created once by the
+# bench itself, stamp file inside) so its pins never touch .venv. BENCH_ARGS="--quick" or "--only merge".
 bench: venv testbed
-	$(VENV)/bin/pip install -q -e '.[bench]'
-	$(PY) -m bench
+	$(PY) -m bench $(BENCH_ARGS)
 
 sync-crds: ; cp crds/*.yaml charts/swarm-learning/crds/
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache runs
+	rm -rf $(VENV) .venv-bench .pytest_cache .mypy_cache .ruff_cache runs

@@ -30,7 +30,9 @@ def ensure_bench_venv() -> Path:
     wanted = "\n".join(FLOWER_REQUIREMENTS)
     if STAMP.exists() and STAMP.read_text() == wanted and bench_python().exists():
         return bench_python()
-    log(f"creating {BENCH_VENV} with {', '.join(FLOWER_REQUIREMENTS)} (once; Flower's pins stay out of .venv)")
+    log(
+        f"creating {BENCH_VENV} with {', '.join(FLOWER_REQUIREMENTS)} (once; Flower's pins stay out of .venv)"
+    )
     if not bench_python().exists():
         venv.EnvBuilder(with_pip=True).create(BENCH_VENV)
     subprocess.run(
@@ -84,4 +86,6 @@ def run_worker_lines(script: Path, request: Mapping[str, Any], timeout_s: float)
             proc.kill()
             proc.wait()
     if rc != 0:
-        raise RuntimeError(f"{script.name} in {BENCH_VENV} failed with exit code {rc} (killed after {timeout_s:.0f} s?)")
+        raise RuntimeError(
+            f"{script.name} in {BENCH_VENV} failed with exit code {rc} (killed after {timeout_s:.0f} s?)"
+        )

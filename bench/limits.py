@@ -126,9 +126,10 @@ def measure_tls_loopback_bandwidth(n_bytes: int = 256 << 20, chunk: int = 4 << 2
         thread = threading.Thread(target=serve, daemon=True)
         thread.start()
         payload = memoryview(np.random.default_rng(0).bytes(chunk))
-        with socket.create_connection(("127.0.0.1", port), timeout=30) as raw, client_ctx.wrap_socket(
-            raw, server_hostname="localhost"
-        ) as tls:
+        with (
+            socket.create_connection(("127.0.0.1", port), timeout=30) as raw,
+            client_ctx.wrap_socket(raw, server_hostname="localhost") as tls,
+        ):
             t0 = time.perf_counter()
             sent = 0
             while sent < n_bytes:
@@ -141,7 +142,9 @@ def measure_tls_loopback_bandwidth(n_bytes: int = 256 << 20, chunk: int = 4 << 2
         if not received:
             raise RuntimeError("TLS loopback bandwidth: receiver thread got no data within 30 s")
         seconds = received[0] - t0
-    return Bandwidth(bytes_per_second=sent / seconds, how=f"TLS 1.3 over 127.0.0.1, {sent >> 20} MiB, 1 stream")
+    return Bandwidth(
+        bytes_per_second=sent / seconds, how=f"TLS 1.3 over 127.0.0.1, {sent >> 20} MiB, 1 stream"
+    )
 
 
 def _self_signed(folder: Path) -> tuple[str, str]:

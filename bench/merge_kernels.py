@@ -19,7 +19,7 @@ import torch
 
 from bench.envs import run_worker_lines
 from bench.limits import Bandwidth, bound_seconds, copy_size_for, measure_copy_bandwidth, merge_bytes
-from bench.results import PartResult, Row, log
+from bench.results import PartResult, Row, Value, log, num
 from bench.shapes import human, layer_shapes
 
 METHODS = ("mean", "coordmedian", "geomedian", "trimmedmean")
@@ -60,7 +60,9 @@ def peer_weights(n: int) -> list[int]:
     return [1000 + 100 * i for i in range(n)]
 
 
-def synthetic_models(n: int, shapes: Sequence[tuple[int, ...]], seed: int = 0) -> list[dict[str, torch.Tensor]]:
+def synthetic_models(
+    n: int, shapes: Sequence[tuple[int, ...]], seed: int = 0
+) -> list[dict[str, torch.Tensor]]:
     """n float32 state_dicts close to a common point (base + 1 % noise), as peers' models are."""
     gen = torch.Generator().manual_seed(seed)
     base = [torch.randn(s, generator=gen) for s in shapes]
@@ -70,7 +72,9 @@ def synthetic_models(n: int, shapes: Sequence[tuple[int, ...]], seed: int = 0) -
     ]
 
 
-def best_time(fn: Callable[[], object], min_total_s: float = 2.0, max_repeats: int = 3) -> tuple[float, object]:
+def best_time(
+    fn: Callable[[], object], min_total_s: float = 2.0, max_repeats: int = 3
+) -> tuple[float, object]:
     """Best of up to ``max_repeats`` runs; stops repeating once ``min_total_s`` has been spent."""
     best, spent, out = float("inf"), 0.0, None
     for _ in range(max_repeats):
@@ -83,7 +87,9 @@ def best_time(fn: Callable[[], object], min_total_s: float = 2.0, max_repeats: i
     return best, out
 
 
-def numpy_weighted_mean(layers_per_model: Sequence[Sequence[np.ndarray]], weights: Sequence[float]) -> list[np.ndarray]:
+def numpy_weighted_mean(
+    layers_per_model: Sequence[Sequence[np.ndarray]], weights: Sequence[float]
+) -> list[np.ndarray]:
     """Plain NumPy weighted mean in float32, one accumulator and one scratch buffer per layer."""
     total = float(sum(weights))
     out = []
@@ -120,7 +126,9 @@ def run(config: MergeConfig) -> PartResult:
         ns = [n for n in config.ns if need(n) <= avail]
         for n in config.ns:
             if n not in ns:
-                rows.append(_skip_row(n, p, f"needs {need(n) / 2**30:.1f} GiB, {avail / 2**30:.1f} GiB usable"))
+                rows.append(
+                    _skip_row(n, p, f"needs {need(n) / 2**30:.1f} GiB, {avail / 2**30:.1f} GiB usable")
+                )
         if not ns:
             continue
         t0 = time.perf_counter()
@@ -135,30 +143,44 @@ def run(config: MergeConfig) -> PartResult:
             bw = bws[n] = measure_copy_bandwidth(copy_size_for(merge_bytes(n, p)))
             baselines[f"copy GB/s N={n} P={human(p)}"] = bw.bytes_per_second / 1e9
             bound = bound_seconds(merge_bytes(n, p), bw)
-            log(f"merge: N={n} P={human(p)}: copy bandwidth {bw.bytes_per_second / 1e9:.1f} GB/s "
-                f"({bw.how}), bound {bound * 1e3:.2f} ms")
+            log(
+                f"merge: N={n} P={human(p)}: copy bandwidth {bw.bytes_per_second / 1e9:.1f} GB/s "
+                f"({bw.how}), bound {bound * 1e3:.2f} ms"
+            )
             for method in METHODS:
                 predicted = per_elem.get(method, 0.0) * n * p
-                base = {"method": method, "impl": "swarm merge", "N": n, "P": human(p)}
+                base: dict[str, Value] = {"method": method, "impl": "swarm merge", "N": n, "P": human(p)}
                 if predicted > config.budget_s:
-                    rows.append(Row("merge", f"{method} N={n} P={human(p)}", base, {"bound_s": bound},
-                                    f"skipped: predicted {predicted:.0f} s > budget {config.budget_s:.0f} s"))
+                    rows.append(
+                        Row(
+                            "merge",
+                            f"{method} N={n} P={human(p)}",
+                            base,
+                            {"bound_s": bound},
+                            f"skipped: predicted {predicted:.0f} s > budget {config.budget_s:.0f} s",
+                        )
+                    )
                     continue
 
-                def call(method: str = method, sub: list[dict[str, torch.Tensor]] = sub, w: list[int] = w) -> object:
+                def call(
+                    method: str = method, sub: list[dict[str, torch.Tensor]] = sub, w: list[int] = w
+                ) -> object:
                     return merge(method, sub, [float(x) for x in w], trim_fraction=TRIM)
 
                 seconds, result = best_time(call)
                 per_elem[method] = max(per_elem.get(method, 0.0), seconds / (n * p))
                 iterations = getattr(result, "iterations", 0)
                 metrics: dict[str, float | int | str | None] = {
-                    "seconds": seconds, "bound_s": bound, "x_bound": seconds / bound,
+                    "seconds": seconds,
+                    "bound_s": bound,
+                    "x_bound": seconds / bound,
                 }
                 if method == "geomedian":
                     metrics["iterations"] = iterations
                     metrics["x_bound_per_pass"] = seconds / (bound * (iterations + 1))
                 rows.append(Row("merge", f"{method} N={n} P={human(p)}", base, metrics))
-                log(f"merge: swarm {method} N={n} P={human(p)}: {seconds:.3f} s = {seconds / bound:.2f}x bound")
+                xb = seconds / bound
+                log(f"merge: swarm {method} N={n} P={human(p)}: {seconds:.3f} s = {xb:.2f}x bound")
                 del result
             layers = as_numpy[:n]
             for label, fn in (
@@ -167,9 +189,14 @@ def run(config: MergeConfig) -> PartResult:
             ):
                 method = "mean" if "mean" in label else "coordmedian"
                 seconds, _ = best_time(fn)
-                rows.append(Row("merge", f"{label} N={n} P={human(p)}",
-                                {"method": method, "impl": label, "N": n, "P": human(p)},
-                                {"seconds": seconds, "bound_s": bound, "x_bound": seconds / bound}))
+                rows.append(
+                    Row(
+                        "merge",
+                        f"{label} N={n} P={human(p)}",
+                        {"method": method, "impl": label, "N": n, "P": human(p)},
+                        {"seconds": seconds, "bound_s": bound, "x_bound": seconds / bound},
+                    )
+                )
                 log(f"merge: {label} N={n} P={human(p)}: {seconds:.3f} s")
         del models, as_numpy, sub
         gc.collect()
@@ -179,8 +206,13 @@ def run(config: MergeConfig) -> PartResult:
 
 
 def _skip_row(n: int, p: int, why: str) -> Row:
-    return Row("merge", f"N={n} P={human(p)}", {"method": "*", "impl": "*", "N": n, "P": human(p)}, {},
-               f"skipped: {why}")
+    return Row(
+        "merge",
+        f"N={n} P={human(p)}",
+        {"method": "*", "impl": "*", "N": n, "P": human(p)},
+        {},
+        f"skipped: {why}",
+    )
 
 
 def _warm_up(merge: Callable[..., object]) -> None:
@@ -194,9 +226,14 @@ def _flower_rows(
     p: int, shapes: list[tuple[int, ...]], ns: list[int], bws: dict[int, Bandwidth], config: MergeConfig
 ) -> list[Row]:
     request = {
-        "shapes": [list(s) for s in shapes], "ns": ns, "weights": peer_weights(max(ns)),
-        "methods": ["mean", "arrayrecords", "median", "trimmed"], "trim": TRIM, "repeats": 3,
-        "budget_s": config.budget_s, "mem_fraction": config.mem_fraction,
+        "shapes": [list(s) for s in shapes],
+        "ns": ns,
+        "weights": peer_weights(max(ns)),
+        "methods": ["mean", "arrayrecords", "median", "trimmed"],
+        "trim": TRIM,
+        "repeats": 3,
+        "budget_s": config.budget_s,
+        "mem_fraction": config.mem_fraction,
     }
     rows: list[Row] = []
     log(f"merge: Flower aggregation in .venv-bench, P={human(p)}, N={ns}")
@@ -206,7 +243,9 @@ def _flower_rows(
             worker_bw = msg["bytes_per_second"]
             continue
         n, fmethod = msg["n"], msg["method"]
-        method = {"mean": "mean", "arrayrecords": "mean", "median": "coordmedian", "trimmed": "trimmedmean"}[fmethod]
+        method = {"mean": "mean", "arrayrecords": "mean", "median": "coordmedian", "trimmed": "trimmedmean"}[
+            fmethod
+        ]
         bound = bound_seconds(merge_bytes(n, p), bws[n])
         params = {"method": method, "impl": FLOWER_LABEL[fmethod], "N": n, "P": human(p)}
         case = f"{FLOWER_LABEL[fmethod]} N={n} P={human(p)}"
@@ -224,34 +263,38 @@ def _add_flower_ratios(rows: list[Row]) -> None:
     flower = {
         (r.params["method"], r.params["N"], r.params["P"]): r.metrics["seconds"]
         for r in rows
-        if str(r.params.get("impl", "")).startswith("flower aggregate") and "arrayrecords" not in str(r.params["impl"])
+        if str(r.params.get("impl", "")).startswith("flower aggregate")
+        and "arrayrecords" not in str(r.params["impl"])
         and r.metrics.get("seconds") is not None
     }
     numpy_ = {
         (r.params["method"], r.params["N"], r.params["P"]): r.metrics["seconds"]
-        for r in rows if str(r.params.get("impl", "")).startswith("numpy") and r.metrics.get("seconds") is not None
+        for r in rows
+        if str(r.params.get("impl", "")).startswith("numpy") and r.metrics.get("seconds") is not None
     }
     for i, r in enumerate(rows):
         if r.params.get("impl") != "swarm merge" or r.metrics.get("seconds") is None:
             continue
         key = (r.params["method"], r.params["N"], r.params["P"])
         metrics = dict(r.metrics)
-        s = float(r.metrics["seconds"])  # type: ignore[arg-type]
+        s = num(r.metrics["seconds"])
         f, npy = flower.get(key), numpy_.get(key)
-        metrics["x_flower"] = s / float(f) if f else None
-        metrics["x_numpy"] = s / float(npy) if npy else None
+        metrics["x_flower"] = s / num(f) if f else None
+        metrics["x_numpy"] = s / num(npy) if npy else None
         rows[i] = Row(r.part, r.case, r.params, metrics, r.note)
 
 
 def _summary(rows: Sequence[Row]) -> list[str]:
     out = []
-    swarm = [r for r in rows if r.params.get("impl") == "swarm merge" and r.metrics.get("x_bound") is not None]
+    swarm = [
+        r for r in rows if r.params.get("impl") == "swarm merge" and r.metrics.get("x_bound") is not None
+    ]
     for method in METHODS:
         mine = [r for r in swarm if r.params["method"] == method]
         if not mine:
             continue
-        xb = [float(r.metrics["x_bound"]) for r in mine]  # type: ignore[arg-type]
-        xf = [float(r.metrics["x_flower"]) for r in mine if r.metrics.get("x_flower") is not None]  # type: ignore[arg-type]
+        xb = [num(r.metrics["x_bound"]) for r in mine]
+        xf = [num(r.metrics["x_flower"]) for r in mine if r.metrics.get("x_flower") is not None]
         line = f"{method}: {min(xb):.2f}-{max(xb):.2f}x the bandwidth bound (goal <= 1.5x)"
         if xf:
             line += f"; {min(xf):.2f}-{max(xf):.2f}x Flower's time (goal < 1)"

@@ -37,7 +37,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from bench.envs import REPO, ensure_bench_venv, flower_env
-from bench.results import PartResult, Row, log
+from bench.results import PartResult, Row, log, num
 
 DATASETS = ("digits", "breast_cancer")
 SPLITS = ("iid", "label_skew")
@@ -84,15 +84,27 @@ def sync_schedule(batches_per_node: Sequence[int], sync_frequency: int) -> list[
 def load_setup(example: ModuleType, config: Any, seed: int) -> Setup:
     from swarmlearning.local.datasets import partition
 
-    parts = partition(config.dataset, config.nodes, split=config.split, skew=config.skew,
-                      test_fraction=config.test_fraction, seed=config.seed + seed)
+    parts = partition(
+        config.dataset,
+        config.nodes,
+        split=config.split,
+        skew=config.skew,
+        test_fraction=config.test_fraction,
+        seed=config.seed + seed,
+    )
     shards = []
     for shard in parts.nodes:
         n_val = int(round(len(shard.y) * config.val_fraction))  # the runner keeps these for validation
-        shards.append(TensorDataset(torch.from_numpy(shard.x[n_val:]).float(), torch.from_numpy(shard.y[n_val:]).long()))
+        shards.append(
+            TensorDataset(torch.from_numpy(shard.x[n_val:]).float(), torch.from_numpy(shard.y[n_val:]).long())
+        )
     return Setup(
-        tuple(shards), torch.from_numpy(parts.test.x).float(), torch.from_numpy(parts.test.y).long(),
-        int(config.train["epochs"]), int(config.train["batch_size"]), float(config.train["lr"]),
+        tuple(shards),
+        torch.from_numpy(parts.test.x).float(),
+        torch.from_numpy(parts.test.y).long(),
+        int(config.train["epochs"]),
+        int(config.train["batch_size"]),
+        float(config.train["lr"]),
         int(config.swarm.get("sync_frequency", 4)),
     )
 
@@ -116,8 +128,12 @@ def federated(example: ModuleType, setup: Setup, seed: int, aggregate: Aggregate
         m.load_state_dict(start)
         models.append(m)
         opts.append(torch.optim.SGD(m.parameters(), lr=setup.lr, momentum=0.9))
-        loader = DataLoader(shard, batch_size=setup.batch_size, shuffle=True,
-                            generator=torch.Generator().manual_seed(seed * 100 + i))
+        loader = DataLoader(
+            shard,
+            batch_size=setup.batch_size,
+            shuffle=True,
+            generator=torch.Generator().manual_seed(seed * 100 + i),
+        )
         loaders.append(loader)
         iters.append(iter(loader))
     counts = [len(s) for s in setup.shards]
@@ -136,8 +152,10 @@ def federated(example: ModuleType, setup: Setup, seed: int, aggregate: Aggregate
                 opts[i].zero_grad()
                 loss_fn(models[i](x), y).backward()
                 opts[i].step()
-        merged = aggregate([{k: v.detach().clone() for k, v in models[i].state_dict().items()} for i in active],
-                           [counts[i] for i in active])
+        merged = aggregate(
+            [{k: v.detach().clone() for k, v in models[i].state_dict().items()} for i in active],
+            [counts[i] for i in active],
+        )
         for i in active:
             models[i].load_state_dict(merged)
     final = example.build_model()
@@ -148,8 +166,9 @@ def federated(example: ModuleType, setup: Setup, seed: int, aggregate: Aggregate
 def alone(example: ModuleType, data: TensorDataset, setup: Setup, seed: int) -> float:
     """The example's own ``fit`` on ``data`` alone (local-only, or central on the pooled data)."""
     torch.manual_seed(seed)
-    model = example.fit(example.build_model(), data, epochs=setup.epochs, batch_size=setup.batch_size,
-                        lr=setup.lr, seed=seed)
+    model = example.fit(
+        example.build_model(), data, epochs=setup.epochs, batch_size=setup.batch_size, lr=setup.lr, seed=seed
+    )
     return accuracy(model, setup.test_x, setup.test_y)
 
 
@@ -164,8 +183,11 @@ class FlowerFedAvg:
 
     def __init__(self) -> None:
         self.proc = subprocess.Popen(
-            [str(ensure_bench_venv()), str(FEDAVG_WORKER)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            env=flower_env(), start_new_session=True,
+            [str(ensure_bench_venv()), str(FEDAVG_WORKER)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=flower_env(),
+            start_new_session=True,
         )
 
     def __call__(self, models: list[dict[str, torch.Tensor]], counts: list[int]) -> dict[str, torch.Tensor]:
@@ -179,7 +201,9 @@ class FlowerFedAvg:
             raise RuntimeError(f"Flower FedAvg worker exited (code {self.proc.poll()}); see its stderr above")
         (length,) = struct.unpack(">Q", head)
         merged = pickle.loads(self.proc.stdout.read(length))
-        return {k: torch.from_numpy(np.asarray(a, dtype=np.float32)) for k, a in zip(names, merged, strict=True)}
+        return {
+            k: torch.from_numpy(np.asarray(a, dtype=np.float32)) for k, a in zip(names, merged, strict=True)
+        }
 
     def close(self) -> None:
         if self.proc.poll() is None:
@@ -219,20 +243,34 @@ def run(config: QualityConfig) -> PartResult:
             for ds in config.datasets:
                 for split in config.splits:
                     for n in config.ns:
-                        rows.append(_cell(ds, split, n, config, flower, Path(work), load_config, load_example))
+                        rows.append(
+                            _cell(ds, split, n, config, flower, Path(work), load_config, load_example)
+                        )
     finally:
         flower.close()
-    return PartResult("quality", tuple(rows), {"simulation seeds": len(config.seeds)}, summary=tuple(_summary(rows)))
+    return PartResult(
+        "quality", tuple(rows), {"simulation seeds": len(config.seeds)}, summary=tuple(_summary(rows))
+    )
 
 
-def _cell(ds: str, split: str, n: int, config: QualityConfig, flower: FlowerFedAvg, work: Path,
-          load_config: Any, load_example: Any) -> Row:
+def _cell(
+    ds: str,
+    split: str,
+    n: int,
+    config: QualityConfig,
+    flower: FlowerFedAvg,
+    work: Path,
+    load_config: Any,
+    load_example: Any,
+) -> Row:
     rc = replace(load_config(EXAMPLES / ds, nodes=n), split=split)
     example = load_example(rc)
     acc: dict[str, list[float]] = {"central": [], "local": [], "swarm": [], "flower": []}
     for seed in config.seeds:
         setup = load_setup(example, rc, seed)
-        pooled = TensorDataset(torch.cat([s.tensors[0] for s in setup.shards]), torch.cat([s.tensors[1] for s in setup.shards]))
+        pooled = TensorDataset(
+            torch.cat([s.tensors[0] for s in setup.shards]), torch.cat([s.tensors[1] for s in setup.shards])
+        )
         with contextlib.redirect_stdout(io.StringIO()):
             acc["central"].append(alone(example, pooled, setup, seed))
             acc["local"].append(float(np.mean([alone(example, s, setup, seed) for s in setup.shards])))
@@ -240,27 +278,42 @@ def _cell(ds: str, split: str, n: int, config: QualityConfig, flower: FlowerFedA
         acc["flower"].append(federated(example, setup, seed, flower))
     mean = {k: 100 * float(np.mean(v)) for k, v in acc.items()}
     metrics: dict[str, float | int | str | None] = {
-        "central_%": mean["central"], "sim_swarm_%": mean["swarm"], "flower_fedavg_%": mean["flower"],
-        "local_only_%": mean["local"], "sim_swarm_minus_central": mean["swarm"] - mean["central"],
+        "central_%": mean["central"],
+        "sim_swarm_%": mean["swarm"],
+        "flower_fedavg_%": mean["flower"],
+        "local_only_%": mean["local"],
+        "sim_swarm_minus_central": mean["swarm"] - mean["central"],
         "sim_swarm_minus_flower": mean["swarm"] - mean["flower"],
-        "real_swarm_%": None, "real_central_%": None, "real_local_only_%": None, "real_swarm_minus_central": None,
+        "real_swarm_%": None,
+        "real_central_%": None,
+        "real_local_only_%": None,
+        "real_swarm_minus_central": None,
         "real_rounds": None,
     }
     note = f"simulation: mean of {len(config.seeds)} seeds"
-    log(f"quality: {ds} {split} N={n}: simulated swarm {mean['swarm']:.1f} %, Flower FedAvg {mean['flower']:.1f} %, "
-        f"central {mean['central']:.1f} %, local-only {mean['local']:.1f} %")
+    log(
+        f"quality: {ds} {split} N={n}: simulated swarm {mean['swarm']:.1f} %, "
+        f"Flower FedAvg {mean['flower']:.1f} %, "
+        f"central {mean['central']:.1f} %, local-only {mean['local']:.1f} %"
+    )
     if n in config.real_ns:
         try:
             res = real_swarm(ds, split, n, work)
-            metrics.update({
-                "real_swarm_%": 100 * res.swarm_accuracy, "real_central_%": 100 * res.central_accuracy,
-                "real_local_only_%": 100 * res.mean_local_only,
-                "real_swarm_minus_central": 100 * (res.swarm_accuracy - res.central_accuracy),
-                "real_rounds": res.rounds,
-            })
-            note += f"; real run: {res.rounds} rounds in {res.wall_seconds:.0f} s, ledger {'ok' if res.ledger_ok else 'BROKEN'}"
-            log(f"quality: {ds} {split} N={n}: real swarm {100 * res.swarm_accuracy:.1f} % vs its central "
-                f"{100 * res.central_accuracy:.1f} % ({res.rounds} rounds, {res.wall_seconds:.0f} s)")
+            metrics.update(
+                {
+                    "real_swarm_%": 100 * res.swarm_accuracy,
+                    "real_central_%": 100 * res.central_accuracy,
+                    "real_local_only_%": 100 * res.mean_local_only,
+                    "real_swarm_minus_central": 100 * (res.swarm_accuracy - res.central_accuracy),
+                    "real_rounds": res.rounds,
+                }
+            )
+            ledger = "ok" if res.ledger_ok else "BROKEN"
+            note += f"; real run: {res.rounds} rounds in {res.wall_seconds:.0f} s, ledger {ledger}"
+            log(
+                f"quality: {ds} {split} N={n}: real swarm {100 * res.swarm_accuracy:.1f} % vs its central "
+                f"{100 * res.central_accuracy:.1f} % ({res.rounds} rounds, {res.wall_seconds:.0f} s)"
+            )
         except Exception as exc:  # a failed real run is reported, the other cells still run
             note += f"; real run failed: {str(exc).splitlines()[0][:200]}"
             log(f"quality: {ds} {split} N={n}: real run failed: {exc}")
@@ -269,18 +322,30 @@ def _cell(ds: str, split: str, n: int, config: QualityConfig, flower: FlowerFedA
 
 def _summary(rows: Sequence[Row]) -> list[str]:
     out = []
-    for key, label in (("real_swarm_minus_central", "real swarm"), ("sim_swarm_minus_central", "simulated swarm")):
+    for key, label in (
+        ("real_swarm_minus_central", "real swarm"),
+        ("sim_swarm_minus_central", "simulated swarm"),
+    ):
         have = [r for r in rows if r.metrics.get(key) is not None]
         if not have:
             continue
-        misses = [r for r in have if float(r.metrics[key]) < -1.0]  # type: ignore[arg-type]
-        out.append(f"{label} within 1 point of central in {len(have) - len(misses)} of {len(have)} cases"
-                   + (": missed " + ", ".join(f"{r.case} ({float(r.metrics[key]):+.1f})" for r in misses)  # type: ignore[arg-type]
-                      if misses else ""))
-    diffs = [abs(float(r.metrics["sim_swarm_minus_flower"])) for r in rows  # type: ignore[arg-type]
-             if r.metrics.get("sim_swarm_minus_flower") is not None]
+        misses = [r for r in have if num(r.metrics[key]) < -1.0]
+        out.append(
+            f"{label} within 1 point of central in {len(have) - len(misses)} of {len(have)} cases"
+            + (
+                ": missed " + ", ".join(f"{r.case} ({num(r.metrics[key]):+.1f})" for r in misses)
+                if misses
+                else ""
+            )
+        )
+    diffs = [
+        abs(num(r.metrics["sim_swarm_minus_flower"]))
+        for r in rows
+        if r.metrics.get("sim_swarm_minus_flower") is not None
+    ]
     if diffs:
-        out.append(f"simulated swarm vs Flower FedAvg on identical inputs: largest difference {max(diffs):.2f} points")
+        out.append(
+            "simulated swarm vs Flower FedAvg on identical inputs: "
+            f"largest difference {max(diffs):.2f} points"
+        )
     return out
-
-

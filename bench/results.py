@@ -49,6 +49,13 @@ class PartResult:
     summary: tuple[str, ...] = ()
 
 
+def num(value: Value) -> float:
+    """A metric as float; TypeError for missing or text values (callers filter those first)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"expected a number, got {value!r}")
+    return float(value)
+
+
 def log(message: str) -> None:
     """Progress line with a UTC timestamp, flushed at once (runs take minutes)."""
     print(f"[bench {time.strftime('%H:%M:%S', time.gmtime())}] {message}", file=sys.stderr, flush=True)

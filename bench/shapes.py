@@ -10,14 +10,14 @@ COLUMNS = 1024
 
 
 def layer_shapes(n_params: int) -> list[tuple[int, ...]]:
-    """Shapes whose element counts add up to exactly ``n_params`` (>= 4096): four (rows, 1024) matrices
+    """Shapes whose element counts add up to exactly ``n_params`` (>= 16384): four (rows, 1024) matrices
     holding about 45/30/15/10 % of the parameters, one bias per matrix, and a 1-D remainder tensor."""
-    if not isinstance(n_params, int) or isinstance(n_params, bool) or n_params < 4096:
-        raise ValueError(f"n_params must be an integer >= 4096; got {n_params!r}")
+    if not isinstance(n_params, int) or isinstance(n_params, bool) or n_params < 16384:
+        raise ValueError(f"n_params must be an integer >= 16384; got {n_params!r}")
     shapes: list[tuple[int, ...]] = []
     used = 0
     for share in MATRIX_SHARES:
-        rows = max(1, math.floor(share * n_params / (COLUMNS + 1)))
+        rows = math.floor(share * n_params / (COLUMNS + 1))  # >= 1 for n_params >= 16384
         shapes += [(rows, COLUMNS), (rows,)]
         used += rows * (COLUMNS + 1)
     if used < n_params:

@@ -67,8 +67,13 @@ def main() -> int:
         max_n = max(fitting, default=0)
     rng = np.random.default_rng(1)
     base = [rng.standard_normal(s, dtype=np.float32) for s in shapes]
-    models = [[b + np.float32(0.01) * rng.standard_normal(s, dtype=np.float32) for b, s in zip(base, shapes)]
-              for _ in range(max_n)]
+    models = [
+        [
+            b + np.float32(0.01) * rng.standard_normal(s, dtype=np.float32)
+            for b, s in zip(base, shapes, strict=True)
+        ]
+        for _ in range(max_n)
+    ]
     del base
     print(f"flower worker: {max_n} models of {n_params} params ready", file=sys.stderr, flush=True)
     per_elem: dict[str, float] = {}
@@ -79,19 +84,17 @@ def main() -> int:
                 continue
             predicted = per_elem.get(method, 0.0) * n * n_params
             if predicted > budget:
-                emit({"kind": "cell", "method": method, "n": n,
-                      "skipped": f"predicted {predicted:.0f} s > budget {budget:.0f} s"})
+                emit(
+                    {
+                        "kind": "cell",
+                        "method": method,
+                        "n": n,
+                        "skipped": f"predicted {predicted:.0f} s > budget {budget:.0f} s",
+                    }
+                )
                 continue
             results = list(zip(models[:n], weights[:n], strict=True))
-            seconds: float | None = None
-            if method == "mean":
-                seconds = best_time(lambda: aggregate(results), repeats)
-            elif method == "median":
-                seconds = best_time(lambda: aggregate_median(results), repeats)
-            elif method == "trimmed":
-                seconds = best_time(lambda: aggregate_trimmed_avg(results, cfg["trim"]), repeats)
-            elif method == "arrayrecords":
-                seconds = time_arrayrecords(results, n_params, repeats)
+            seconds = time_method(method, results, n_params, repeats, cfg["trim"])
             if seconds is None:
                 emit({"kind": "cell", "method": method, "n": n, "skipped": "not enough memory"})
                 continue
@@ -101,7 +104,24 @@ def main() -> int:
     return 0
 
 
-def time_arrayrecords(results: list[tuple[list[np.ndarray], int]], n_params: int, repeats: int) -> float | None:
+def time_method(
+    method: str, results: list[tuple[list[np.ndarray], int]], n_params: int, repeats: int, trim: float
+) -> float | None:
+    """Best time of one Flower aggregation over ``results``; None when it would not fit in memory."""
+    if method == "mean":
+        return best_time(lambda: aggregate(results), repeats)
+    if method == "median":
+        return best_time(lambda: aggregate_median(results), repeats)
+    if method == "trimmed":
+        return best_time(lambda: aggregate_trimmed_avg(results, trim), repeats)
+    if method == "arrayrecords":
+        return time_arrayrecords(results, n_params, repeats)
+    raise ValueError(f"method must be one of mean, median, trimmed, arrayrecords; got {method!r}")
+
+
+def time_arrayrecords(
+    results: list[tuple[list[np.ndarray], int]], n_params: int, repeats: int
+) -> float | None:
     """Flower's Message-API path: aggregate_arrayrecords over RecordDicts (deserialises every Array)."""
     from flwr.app import ArrayRecord, MetricRecord, RecordDict
     from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords

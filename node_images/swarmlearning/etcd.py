@@ -291,6 +291,7 @@ class EtcdClient:
         self._index = 0
         self._generation = 0
         self._channel: grpc.aio.Channel | None = None
+        self._retired: list[grpc.aio.Channel] = []
         self._closed = False
 
     @classmethod
@@ -331,13 +332,16 @@ class EtcdClient:
         self._index = (self._index + 1) % len(self.endpoints)
         old, self._channel = self._channel, None
         if old is not None:
-            await old.close()
+            # Closing it now would cancel calls still in flight on it (grpc raises CancelledError
+            # in their tasks); they fail over by themselves. Closed with the client.
+            self._retired.append(old)
 
     async def close(self) -> None:
         self._closed = True
-        if self._channel is not None:
-            await self._channel.close()
-            self._channel = None
+        for ch in [*self._retired, *([self._channel] if self._channel else [])]:
+            await ch.close()
+        self._retired.clear()
+        self._channel = None
 
     async def __aenter__(self) -> EtcdClient:
         return self
@@ -658,6 +662,7 @@ class Watch:
         self._queue: asyncio.Queue[list[WatchEvent] | BaseException] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
         self._call: Any = None
+        self._gen = -1
 
     def _create_request(self) -> Any:
         return rpc.WatchRequest(
@@ -695,6 +700,7 @@ class Watch:
             return c, r
 
         self._call, first = await self._client._retry(f"watch {self._key}", call)
+        self._gen = self._client._generation
         if first.events:
             self._push(first)
 
@@ -719,14 +725,16 @@ class Watch:
                 self._push(r)
             except (grpc.aio.AioRpcError, EtcdUnavailable) as e:
                 if isinstance(e, grpc.aio.AioRpcError):
+                    # Another call failed over and closed our channel: resume on the new one.
+                    replaced = e.code() == grpc.StatusCode.CANCELLED and self._gen != self._client._generation
                     err = _map_error(e, self._client.endpoint, f"watch on {self._key}")
-                    if not isinstance(err, _RETRYABLE):
+                    if not replaced and not isinstance(err, _RETRYABLE):
                         self._queue.put_nowait(err)
                         return
                 log.info(
                     "watch on %s interrupted (%s); resuming at revision %s", self._key, e, self._next_rev
                 )
-                await self._client._rotate(self._client._generation)
+                await self._client._rotate(self._gen)  # no-op if someone failed over already
                 try:
                     await self._open()
                 except EtcdError as e2:

@@ -112,10 +112,8 @@ def test_rendered_args_are_understood_by_the_operator(cluster: Cluster, values: 
         pytest.fail(f"swarm-operator rejects the chart's args {container['args']} (exit {e.code})")
     finally:
         kopf_objects.setLevel(level)  # parse_args tunes logging; leave other tests' logging alone
-    if values:
-        assert (config.namespaces, config.metrics_port, config.health_port) == (("team-a", "team-b"), 9090, 9091)
-    else:
-        assert (config.namespaces, config.metrics_port, config.health_port) == ((), 8080, 8081)
+    parsed = (config.namespaces, config.metrics_port, config.health_port)
+    assert parsed == ((("team-a", "team-b"), 9090, 9091) if values else ((), 8080, 8081))
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports == {"metrics": config.metrics_port, "health": config.health_port}
 

@@ -17,8 +17,11 @@
     promoted) on free loopback ports, every link mTLS, etcd auth on. Returns an :class:`SNCluster`:
     ``endpoints`` (``host:port`` of live members), ``nodes`` (:class:`~swarmlearning.sn.SNNode`),
     ``admin`` (root cert), ``provision(name, role="sl") -> NodeCert`` (issue a certificate and create
-    its etcd user), ``kill(i)`` (SIGKILL a member), ``leader_index()``. Teardown kills every etcd
-    process group it started, also when the test fails.
+    its etcd user), ``kill(i)`` (SIGKILL a member), ``leader_index()`` (index of the raft leader),
+    ``config(name, join=..., tls=...)`` + ``start_node(cfg)`` (start one more member, e.g. with a bad
+    certificate). Teardown kills every etcd process group it started, also when the test fails.
+    A 1-member cluster starts in about 1 s, a 3-member one in about 11 s (etcd waits ~5 s of member
+    health before each further membership change), so prefer 1 member unless the test is about SN.
 
 Tests using these are synchronous and drive async code with ``asyncio.run``.
 """
@@ -26,6 +29,7 @@ Tests using these are synchronous and drive async code with ``asyncio.run``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -108,12 +112,26 @@ class SNCluster:
     def endpoints(self) -> list[str]:
         return [n.config.endpoint for n in self.nodes if n.running()]
 
-    def config(self, name: str, *, join: tuple[str, ...] = (), tls: pki.NodeCert | None = None,
-               provision: tuple[tuple[str, str], ...] = (), start_timeout_s: float = 30) -> SNConfig:
+    def config(
+        self,
+        name: str,
+        *,
+        join: tuple[str, ...] = (),
+        tls: pki.NodeCert | None = None,
+        provision: tuple[tuple[str, str], ...] = (),
+        start_timeout_s: float = 30,
+    ) -> SNConfig:
         return SNConfig(
-            name=name, data_dir=self.work / name, tls=tls or self.ca.issue(name, "sn"),
-            peer_port=free_port(), client_port=free_port(), join=join, provision=provision,
-            etcd_bin=self.etcd_bin, start_timeout_s=start_timeout_s, log_file=self.work / f"{name}.log",
+            name=name,
+            data_dir=self.work / name,
+            tls=tls or self.ca.issue(name, "sn"),
+            peer_port=free_port(),
+            client_port=free_port(),
+            join=join,
+            provision=provision,
+            etcd_bin=self.etcd_bin,
+            start_timeout_s=start_timeout_s,
+            log_file=self.work / f"{name}.log",
         )
 
     def start_node(self, cfg: SNConfig) -> SNNode:
@@ -158,10 +176,8 @@ class SNCluster:
     def teardown(self) -> None:
         for n in self.nodes:
             if n.process is not None and n.process.poll() is None:
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.killpg(n.process.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
                 n.process.wait(timeout=10)
             n.stop()
 

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-
 from swarmlearning import pki
 from swarmlearning.etcd import EtcdClient, EtcdPermissionDenied, Put, WatchCompacted
 from swarmlearning.ledger import (
@@ -39,7 +38,7 @@ async def _nodes(endpoints: list[str], certs: list[pki.NodeCert], *, register: b
     """One Ledger per certificate, spread over the endpoints, registered as members."""
     out = []
     for i, cert in enumerate(certs):
-        eps = endpoints[i % len(endpoints):] + endpoints[: i % len(endpoints)]
+        eps = endpoints[i % len(endpoints) :] + endpoints[: i % len(endpoints)]
         ledger = await Ledger.connect(eps, cert, timeout=10)
         if register:
             await ledger.register_member(f"127.0.0.1:{40000 + i}", leader_eligible=True, ttl_s=5)
@@ -51,8 +50,9 @@ async def _close_all(ledgers: list[Ledger]) -> None:
     await asyncio.gather(*(lg.close() for lg in ledgers), return_exceptions=True)
 
 
-async def _with_nodes(endpoints: list[str], certs: list[pki.NodeCert],
-                      body: Callable[[list[Ledger]], Awaitable[T]]) -> T:
+async def _with_nodes(
+    endpoints: list[str], certs: list[pki.NodeCert], body: Callable[[list[Ledger]], Awaitable[T]]
+) -> T:
     ledgers = await _nodes(endpoints, certs)
     try:
         return await body(ledgers)
@@ -100,8 +100,14 @@ def test_a_forged_record_in_the_shared_range_is_detected(sn_cluster) -> None:
         a, b = await _nodes(cluster.endpoints, [alice, bob])
         try:
             head = await a.head()
-            good = make_record(seq=head.seq + 1, contract="c", kind="contract", body={"params": {}},
-                               prev_hash=head.hash, signer=alice)
+            good = make_record(
+                seq=head.seq + 1,
+                contract="c",
+                kind="contract",
+                body={"params": {}},
+                prev_hash=head.hash,
+                signer=alice,
+            )
             forged = Record(**{**good.__dict__, "author": "bob", "author_fingerprint": bob.fingerprint})
             forged = Record(**{**forged.__dict__, "hash": forged.compute_hash()})
             await a.etcd.put(keys.record_key(forged.seq), forged.to_json())
@@ -155,8 +161,11 @@ def test_barrier_gives_every_node_the_same_participants_and_leader(sn_cluster) -
         assert r == 1
         for i, n in enumerate(nodes):
             await n.mark_ready("mnist", r, digest=f"d{i}", weight=1.0 + i, samples=100 * (i + 1))
-        return list(await asyncio.gather(*(
-            n.close_round("mnist", r, min_peers=3, full_quorum_wait_s=5, timeout_s=20) for n in nodes)))
+        return list(
+            await asyncio.gather(
+                *(n.close_round("mnist", r, min_peers=3, full_quorum_wait_s=5, timeout_s=20) for n in nodes)
+            )
+        )
 
     closes = run(_with_nodes(cluster.endpoints, certs, body))
     assert all(c == closes[0] for c in closes)
@@ -182,7 +191,8 @@ def test_full_quorum_wait_admits_a_late_but_in_time_peer(sn_cluster) -> None:
 
         close, _ = await asyncio.gather(
             a.close_round("job", 1, min_peers=2, full_quorum_wait_s=3, timeout_s=10, progress=said.append),
-            late())
+            late(),
+        )
         return close
 
     close = run(_with_nodes(cluster.endpoints, certs, body))
@@ -198,9 +208,13 @@ def test_below_quorum_raises_quorum_timeout_naming_the_counts(sn_cluster) -> Non
     async def body(nodes: list[Ledger]) -> None:
         for n in nodes:
             await n.mark_ready("job", 1, digest="x", weight=1, samples=1)
-        await nodes[0].close_round("job", 1, min_peers=3, full_quorum_wait_s=0, timeout_s=1.5, progress=said.append)
+        await nodes[0].close_round(
+            "job", 1, min_peers=3, full_quorum_wait_s=0, timeout_s=1.5, progress=said.append
+        )
 
-    with pytest.raises(QuorumTimeout, match=r"only 2 of the 3 peers needed were ready after 1.5s \(ready: alice, bob\)"):
+    with pytest.raises(
+        QuorumTimeout, match=r"only 2 of the 3 peers needed were ready after 1.5s \(ready: alice, bob\)"
+    ):
         run(_with_nodes(cluster.endpoints, certs, body))
     assert said and "2 of 3 needed ready" in said[0]
 
@@ -234,9 +248,17 @@ def test_a_dead_leader_is_replaced_by_the_next_one(sn_cluster, tmp_path: Path) -
             dead = close.leader
             # The attempt-0 leader is a real process that dies by SIGKILL while leading.
             leader_proc = subprocess.Popen(
-                [sys.executable, "-c", _LEADER_SCRIPT, ",".join(cluster.endpoints),
-                 str(certs[dead].cert_path.parent)],
-                stdout=subprocess.PIPE, text=True, start_new_session=True)
+                [
+                    sys.executable,
+                    "-c",
+                    _LEADER_SCRIPT,
+                    ",".join(cluster.endpoints),
+                    str(certs[dead].cert_path.parent),
+                ],
+                stdout=subprocess.PIPE,
+                text=True,
+                start_new_session=True,
+            )
             assert leader_proc.stdout is not None
             line = await asyncio.wait_for(asyncio.to_thread(leader_proc.stdout.readline), 30)
             assert line.strip() == "LEADING"
@@ -255,9 +277,16 @@ def test_a_dead_leader_is_replaced_by_the_next_one(sn_cluster, tmp_path: Path) -
             waits = [asyncio.create_task(n.wait_round_result(close, 1, leader_timeout_s=10)) for n in waiters]
             async with new_leader.hold_leadership("job", 1, 1, ttl_s=2):
                 rec = await new_leader.commit_round(
-                    "job", 1, 1, participants=list(close.names), weights=dict.fromkeys(close.names, 1.0),
-                    input_digests={p.name: p.digest for p in close.participants}, merged_digest="merged",
-                    merge_method="mean", rejected={})
+                    "job",
+                    1,
+                    1,
+                    participants=list(close.names),
+                    weights=dict.fromkeys(close.names, 1.0),
+                    input_digests={p.name: p.digest for p in close.participants},
+                    merged_digest="merged",
+                    merge_method="mean",
+                    rejected={},
+                )
             got = list(await asyncio.gather(*waits))
             return close, nxt, rec, got
         finally:
@@ -281,19 +310,38 @@ def test_commits_chain_up_and_late_joiners_find_the_latest_round(sn_cluster) -> 
     async def body(nodes: list[Ledger]) -> None:
         a, b, c = nodes
         # Concurrent appends never fork the chain.
-        await asyncio.gather(*(n.ensure_contract(f"job-{n.name}", {"k": n.name}) for n in nodes for _ in range(3)))
+        await asyncio.gather(
+            *(n.ensure_contract(f"job-{n.name}", {"k": n.name}) for n in nodes for _ in range(3))
+        )
         for r in (1, 2):
             for n in (a, b):
                 await n.mark_ready("job", r, digest=n.name, weight=1, samples=1)
             close = await a.close_round("job", r, min_peers=2, full_quorum_wait_s=0, timeout_s=10)
             leader = a if close.leader == "alice" else b
             async with leader.hold_leadership("job", r, 0, ttl_s=2):
-                rec = await leader.commit_round("job", r, 0, participants=list(close.names), weights={},
-                                                input_digests={}, merged_digest=f"m{r}", merge_method="mean",
-                                                rejected={"x": "wrong shapes"})
+                rec = await leader.commit_round(
+                    "job",
+                    r,
+                    0,
+                    participants=list(close.names),
+                    weights={},
+                    input_digests={},
+                    merged_digest=f"m{r}",
+                    merge_method="mean",
+                    rejected={"x": "wrong shapes"},
+                )
             with pytest.raises(RoundAlreadyCommitted):
-                await a.commit_round("job", r, 1, participants=[], weights={}, input_digests={},
-                                     merged_digest="other", merge_method="mean", rejected={})
+                await a.commit_round(
+                    "job",
+                    r,
+                    1,
+                    participants=[],
+                    weights={},
+                    input_digests={},
+                    merged_digest="other",
+                    merge_method="mean",
+                    rejected={},
+                )
             assert (await c.latest_round("job")) == rec
         assert await c.current_round("job") == 3
         recs = await c.records()
@@ -311,11 +359,17 @@ def test_commits_chain_up_and_late_joiners_find_the_latest_round(sn_cluster) -> 
 
 
 def _swarmctl(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "swarmlearning.cli.swarmctl", *args],
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "swarmlearning.cli.swarmctl", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
-def test_swarmctl_ledger_verify_detects_altered_dropped_and_reordered_records(sn_cluster, tmp_path: Path) -> None:
+def test_swarmctl_ledger_verify_detects_altered_dropped_and_reordered_records(
+    sn_cluster, tmp_path: Path
+) -> None:
     cluster = sn_cluster(1)
     certs = [cluster.provision(n) for n in ("alice", "bob")]
 
@@ -349,13 +403,23 @@ def test_swarmctl_ledger_verify_detects_altered_dropped_and_reordered_records(sn
         await c.delete(keys.record_key(3))
 
     async def swap(c: EtcdClient, orig: dict[str, Any]) -> None:
-        await c.txn([], [Put(keys.record_key(2), orig[keys.record_key(3)]),
-                         Put(keys.record_key(3), orig[keys.record_key(2)])])
+        await c.txn(
+            [],
+            [
+                Put(keys.record_key(2), orig[keys.record_key(3)]),
+                Put(keys.record_key(3), orig[keys.record_key(2)]),
+            ],
+        )
 
-    for change, expected in ((alter, "FAILED at record 2: hash does not match the content (record altered)"),
-                             (drop, "FAILED at record 3: record with seq 4 found at position 3"),
-                             (swap, "FAILED at record 2: record with seq 3 found at position 2")):
-        async def apply_then_check(change: Callable[..., Awaitable[None]] = change) -> None:
+    for change, expected in (
+        (alter, "FAILED at record 2: hash does not match the content (record altered)"),
+        (drop, "FAILED at record 3: record with seq 4 found at position 3"),
+        (swap, "FAILED at record 2: record with seq 3 found at position 2"),
+    ):
+
+        async def apply_then_check(
+            change: Callable[..., Awaitable[None]] = change, expected: str = expected
+        ) -> None:
             async with await EtcdClient.connect(cluster.endpoints, cluster.admin) as c:
                 originals = {kv.key: kv.value for kv in await c.get_prefix(keys.RECORDS)}
                 await change(c, originals)
@@ -370,7 +434,90 @@ def test_swarmctl_ledger_verify_detects_altered_dropped_and_reordered_records(sn
     assert again.returncode == 0, again.stdout
     # A tampered export fails too.
     data = json.loads(export.read_text())
-    data["records"][1]["body"]["params"]["owner"] = "mallory"
+    data["records"][2]["body"]["params"]["owner"] = "mallory"
     export.write_text(json.dumps(data))
     bad_file = _swarmctl("ledger", "verify", "--file", str(export), "--ca", str(certs[0].ca_path))
-    assert bad_file.returncode == 1 and "FAILED at record 1" in bad_file.stdout
+    assert bad_file.returncode == 1 and "FAILED at record 2" in bad_file.stdout
+
+
+_MEMBER_SCRIPT = """
+import asyncio, sys
+from swarmlearning.pki import NodeCert
+from swarmlearning.ledger import Ledger
+
+async def main():
+    ledger = await Ledger.connect(sys.argv[1].split(","), NodeCert.load(sys.argv[2]))
+    await ledger.register_member("127.0.0.1:1", leader_eligible=True, ttl_s=2)
+    await ledger.mark_ready("job", 1, digest="z", weight=1, samples=1)
+    print("READY", flush=True)
+    await asyncio.sleep(3600)
+
+asyncio.run(main())
+"""
+
+
+def test_a_dead_nodes_membership_and_ready_mark_vanish_with_its_lease(sn_cluster) -> None:
+    cluster = sn_cluster(1)
+    alice, zed = cluster.provision("alice"), cluster.provision("zed")
+
+    async def scenario() -> tuple[list[str], list[str], RoundClose]:
+        (a,) = await _nodes(cluster.endpoints, [alice])
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _MEMBER_SCRIPT, ",".join(cluster.endpoints), str(zed.cert_path.parent)],
+            stdout=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+        try:
+            assert proc.stdout is not None
+            line = await asyncio.wait_for(asyncio.to_thread(proc.stdout.readline), 30)
+            assert line.strip() == "READY"
+            before = [p.name for p, _ in await a.ready_peers("job", 1)]
+            os.killpg(proc.pid, signal.SIGKILL)
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 15
+            while loop.time() < deadline and [m.name for m in await a.members()] != ["alice"]:
+                await asyncio.sleep(0.2)
+            after = [p.name for p, _ in await a.ready_peers("job", 1)]
+            # The dead node is not counted: alice alone closes the round once she is ready.
+            await a.mark_ready("job", 1, digest="a", weight=1, samples=1)
+            close = await a.close_round("job", 1, min_peers=1, full_quorum_wait_s=0, timeout_s=10)
+            return before, after, close
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+            if proc.stdout is not None:
+                proc.stdout.close()
+            await _close_all([a])
+
+    before, after, close = run(scenario())
+    assert before == ["zed"] and after == []
+    assert close.names == ("alice",)
+
+
+def test_max_peers_takes_the_earliest_and_a_round_waits_for_a_leader_eligible_peer(sn_cluster) -> None:
+    cluster = sn_cluster(1)
+    certs = [cluster.provision(n) for n in ("alice", "bob", "carol", "dave")]
+    erin = cluster.provision("erin")
+
+    async def body(nodes: list[Ledger]) -> tuple[RoundClose, str]:
+        for n in (nodes[2], nodes[0], nodes[3]):  # carol, alice, dave: in this order
+            await n.mark_ready("job", 1, digest=n.name, weight=1, samples=1)
+        close = await nodes[1].close_round(
+            "job", 1, min_peers=1, max_peers=2, full_quorum_wait_s=30, timeout_s=10
+        )
+        # Round 2 in another contract: the only ready node may not lead, so there is no quorum.
+        solo = await Ledger.connect(cluster.endpoints, erin)
+        try:
+            await solo.register_member("127.0.0.1:2", leader_eligible=False, ttl_s=5)
+            await solo.mark_ready("other", 1, digest="e", weight=1, samples=1)
+            with pytest.raises(QuorumTimeout) as err:
+                await solo.close_round("other", 1, min_peers=1, full_quorum_wait_s=0, timeout_s=1)
+        finally:
+            await solo.close()
+        return close, str(err.value)
+
+    close, message = run(_with_nodes(cluster.endpoints, certs, body))
+    assert close.names == ("alice", "carol")
+    assert "none leader-eligible" in message

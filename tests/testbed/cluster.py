@@ -139,3 +139,6 @@ def testbed_cluster(*, keep_state: bool = False, timeout: float = 120.0) -> Iter
         plane.stop()
         if not keep_state:
             shutil.rmtree(state_dir, ignore_errors=True)
+
+
+testbed_cluster.__test__ = False  # type: ignore[attr-defined]  # a helper, not a test, when imported by tests

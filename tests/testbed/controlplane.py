@@ -23,7 +23,7 @@ from tests.testbed.api import ApiClient
 from tests.testbed.binaries import Binaries
 from tests.testbed.nodes import KwokNodes, NodeBackend, NodeContext
 from tests.testbed.pki import FRONT_PROXY_CLIENT, CertPair, ClusterPki, create_pki
-from tests.testbed.processes import ManagedProcess, ProcessRecord, free_port, stop_group, wait_for
+from tests.testbed.processes import ManagedProcess, ProcessRecord, free_ports, stop_group, wait_for
 
 SERVICE_CIDR = "10.96.0.0/16"
 SERVICE_IP = "10.96.0.1"  # the `kubernetes` Service: first address of SERVICE_CIDR
@@ -123,7 +123,7 @@ class ControlPlane:
         for sub in ("logs", "apiserver", "controller-manager", "scheduler"):  # etcd creates its dir 0700
             (self.state_dir / sub).mkdir(parents=True, exist_ok=True)
         pki = create_pki(self.state_dir / "pki", service_ip=SERVICE_IP)
-        etcd_port, peer_port, api_port, kcm_port, sched_port = (free_port() for _ in range(5))
+        etcd_port, peer_port, api_port, kcm_port, sched_port = free_ports(5)
         self.server = f"https://127.0.0.1:{api_port}"
         write_kubeconfig(self.kubeconfig, self.server, pki.ca.cert, pki.admin, "admin")
         kcm_kubeconfig = write_kubeconfig(

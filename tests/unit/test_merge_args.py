@@ -156,3 +156,10 @@ def test_contribution_weight_node_weightage_range(bad: Any) -> None:
 def test_contribution_weight_sample_count_range(bad: Any) -> None:
     with pytest.raises(MergeError, match=r"sample_count must be an integer >= 0; got "):
         contribution_weight(1, bad)
+
+
+def test_complex_tensors_are_refused() -> None:
+    with pytest.raises(
+        MergeError, match=r"tensor 'c' has dtype torch.complex64: complex tensors cannot be merged"
+    ):
+        merge("mean", [{"c": torch.zeros(2, dtype=torch.complex64)}], [1])

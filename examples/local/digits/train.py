@@ -74,6 +74,7 @@ def main() -> None:
     parser.add_argument("--merge-method", default="mean")
     parser.add_argument("--node-weightage", type=int, default=1)
     parser.add_argument("--adaptive", action="store_true")
+    parser.add_argument("--checkin", default="snapshot", choices=("snapshot", "active", "inactive"))
     parser.add_argument("--full-quorum-wait", type=float, default=5.0)
     parser.add_argument("--leader-failure-timeout", type=float, default=30.0)
     parser.add_argument("--quorum-timeout", type=float, default=60.0)
@@ -95,6 +96,7 @@ def main() -> None:
         nodeWeightage=args.node_weightage,
         numSamples=len(train),
         useAdaptiveSync=args.adaptive,
+        checkinModelOnTrainEnd=args.checkin,
         adsValData=DataLoader(val, batch_size=256),
         lossFunction="CrossEntropyLoss",
         metricFunction="Accuracy",

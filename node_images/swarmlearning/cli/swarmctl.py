@@ -365,20 +365,26 @@ def _placeholder(sub: Any, command: str, help_text: str, reason: str) -> None:
     p.set_defaults(func=unavailable)
 
 
-def build_parser() -> argparse.ArgumentParser:
+BUILTIN = ("certs", "sn", "ledger")
+
+
+def build_parser(extensions: bool = True) -> argparse.ArgumentParser:
+    """The full parser; ``extensions=False`` skips importing the ``run``/cluster modules (faster)."""
     parser = argparse.ArgumentParser(prog="swarmctl", description="Swarm Learning command line")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _register_certs(sub)
     _register_sn(sub)
     _register_ledger(sub)
-    for module, command, help_text in EXTENSIONS:
+    for module, command, help_text in EXTENSIONS if extensions else ():
         _register_extension(sub, module, command, help_text)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    parser = build_parser(extensions=command not in BUILTIN)
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,

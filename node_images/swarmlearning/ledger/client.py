@@ -179,6 +179,7 @@ class Ledger:
         self._cert_published = False
         self._member_lease = 0
         self._member_value = b""
+        self._rejoin: asyncio.Task[None] | None = None
         self._keepalive: asyncio.Task[None] | None = None
 
     @classmethod
@@ -191,6 +192,10 @@ class Ledger:
 
     async def close(self) -> None:
         """Leave: stop the membership keepalive, revoke its lease (ready marks vanish), disconnect."""
+        if self._rejoin is not None:
+            self._rejoin.cancel()
+            with contextlib.suppress(asyncio.CancelledError, EtcdError):
+                await self._rejoin
         if self._keepalive is not None:
             self._keepalive.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -344,7 +349,7 @@ class Ledger:
 
         def lost(err: Exception) -> None:
             log.warning("membership of %s lost (%s); registering again", self.name, err)
-            asyncio.get_running_loop().create_task(self._put_member(ttl_s))
+            self._rejoin = asyncio.get_running_loop().create_task(self._put_member(ttl_s))
 
         self._keepalive = self.etcd.keep_alive(self._member_lease, ttl_s, on_lost=lost)
 
@@ -502,7 +507,9 @@ class Ledger:
                 n = len(ready)
                 now = loop.time()
                 names = ", ".join(p.name for p, _ in ready) or "none"
-                if n >= min_peers:
+                # Someone must be able to lead the merge: without an eligible peer, keep waiting.
+                can_lead = any(p.leader_eligible for p, _ in ready)
+                if n >= min_peers and can_lead:
                     quorum_since = now if quorum_since is None else quorum_since
                     live = len(await self.members())
                     if (
@@ -536,16 +543,17 @@ class Ledger:
                         last_said = now
                 else:
                     quorum_since = None
+                    no_leader = "" if can_lead or not n else "; none leader-eligible"
                     if now - start >= timeout_s:
                         raise QuorumTimeout(
                             f"{what}: only {n} of the {min_peers} peers needed were ready after "
-                            f"{timeout_s:g}s (ready: {names}); check that the other nodes are "
-                            "running and reach the SN"
+                            f"{timeout_s:g}s (ready: {names}{no_leader})"
+                            "; check that the other nodes are running and reach the SN"
                         )
                     if now - last_said >= _PROGRESS_EVERY_S:
                         say(
-                            f"{what}: waiting for peers, {n} of {min_peers} needed ready ({names}); "
-                            f"giving up in {timeout_s - (now - start):.0f}s"
+                            f"{what}: waiting for peers, {n} of {min_peers} needed ready "
+                            f"({names}{no_leader}); giving up in {timeout_s - (now - start):.0f}s"
                         )
                         last_said = now
                 await changes.get(timeout=_POLL_S)

@@ -143,6 +143,43 @@ def make_record(
     return dataclasses.replace(signed, hash=signed.compute_hash())
 
 
+def check_protocol(rec: Record, closes: dict[tuple[str, int], Record], results: set[tuple[str, int]]) -> str:
+    """Round rules a valid chain obeys; returns the violation or "". Updates ``closes``/``results``.
+
+    One close and one result per round; a result follows its round's close and is signed by the
+    leader that :func:`swarmlearning.ledger.rounds.leader_for` gives for its attempt.
+    """
+    from swarmlearning.ledger.rounds import NoEligibleLeader, RoundClose, leader_for  # rounds imports us
+
+    if rec.kind not in ("close", "round"):
+        return ""
+    try:
+        key = (rec.contract, int(rec.body["round"]))
+    except (KeyError, TypeError, ValueError):
+        return f"{rec.kind} record without a valid round number"
+    if rec.kind == "close":
+        if key in closes:
+            return f"round {key[1]} of {key[0]!r} closed twice (first at record {closes[key].seq})"
+        closes[key] = rec
+        return ""
+    if key in results:
+        return f"round {key[1]} of {key[0]!r} has a second result"
+    close = closes.get(key)
+    if close is None:
+        return f"result of round {key[1]} of {key[0]!r} without a close record before it"
+    results.add(key)
+    try:
+        expected = leader_for(RoundClose.from_record(close), int(rec.body["attempt"]))
+    except (KeyError, TypeError, ValueError, NoEligibleLeader) as e:
+        return f"cannot recompute the leader of round {key[1]}: {e}"
+    if rec.author != expected:
+        return (
+            f"round {key[1]} of {key[0]!r} was committed by {rec.author!r}, but the leader of attempt "
+            f"{rec.body['attempt']} is {expected!r}"
+        )
+    return ""
+
+
 @dataclass(frozen=True)
 class ChainReport:
     """Outcome of :func:`verify_chain`. ``bad_seq`` is the position (expected seq) of the first bad record."""
@@ -171,10 +208,13 @@ def verify_chain(
     author's certificate PEM. With ``ca_pem``, each certificate must be issued by that CA and its CN
     must equal the record's author. ``head`` = (seq, hash) of the stored chain head: detects records
     dropped from the end. Detects altered records (hash/signature mismatch), dropped or reordered
-    records (seq gap, broken prev_hash link) and names the first bad record and why.
+    records (seq gap, broken prev_hash link), round results not signed by the round's verifiable
+    leader (:func:`check_protocol`), and names the first bad record and why.
     """
     prev = GENESIS_HASH
     checked_certs: dict[str, str] = {}
+    closes: dict[tuple[str, int], Record] = {}
+    results: set[tuple[str, int]] = set()
     for pos, rec in enumerate(records):
 
         def bad(reason: str, pos: int = pos) -> ChainReport:
@@ -218,6 +258,9 @@ def verify_chain(
             return bad("signature is not base64")
         if not pki.verify_signature(cert, rec.canonical_bytes(), sig):
             return bad(f"signature by {rec.author!r} is invalid (record altered or forged)")
+        problem = check_protocol(rec, closes, results)
+        if problem:
+            return bad(problem)
         prev = rec.hash
     if head is not None:
         head_seq, head_hash = head

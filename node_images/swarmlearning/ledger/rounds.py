@@ -81,7 +81,7 @@ class RoundClose:
     record: Record
     """The signed close record."""
     leader: str
-    """Leader of attempt 0 (``leader_for(close, 0)``)."""
+    """Leader of attempt 0 (``leader_for(close, 0)``); "" if no participant is leader-eligible."""
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -97,13 +97,17 @@ class RoundClose:
     def from_record(cls, rec: Record) -> RoundClose:
         parts = tuple(Participant.from_dict(p) for p in rec.body["participants"])
         round_no = int(rec.body["round"])
+        try:
+            leader = draw_leader(parts, rec.prev_hash, rec.contract, round_no, 0)
+        except NoEligibleLeader:
+            leader = ""  # leader_for() raises with the explanation
         return cls(
             contract=rec.contract,
             round_no=round_no,
             participants=parts,
             prev_hash=rec.prev_hash,
             record=rec,
-            leader=draw_leader(parts, rec.prev_hash, rec.contract, round_no, 0),
+            leader=leader,
         )
 
 

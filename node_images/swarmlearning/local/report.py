@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import importlib.util
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -75,7 +75,7 @@ def train_baselines(
         datasets.append(ds)
         torch.manual_seed(config.seed)
         local[name] = accuracy(example.fit(example.build_model(), ds, **kwargs), test)
-    pooled = torch.utils.data.ConcatDataset(datasets)
+    pooled: torch.utils.data.Dataset[Any] = torch.utils.data.ConcatDataset(datasets)
     torch.manual_seed(config.seed)
     central = accuracy(example.fit(example.build_model(), pooled, **kwargs), test)
     return Baselines(local, central)
@@ -129,7 +129,7 @@ def write_metrics_csv(rows: Iterable[Mapping[str, Any]], path: Path) -> None:
 
 
 def plot_curves(
-    rows: list[Mapping[str, Any]], path: Path, title: str, reference: float | None = None
+    rows: Sequence[Mapping[str, Any]], path: Path, title: str, reference: float | None = None
 ) -> None:
     """Validation loss and accuracy per node over the rounds (PNG, matplotlib Agg)."""
     import matplotlib

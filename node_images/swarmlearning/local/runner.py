@@ -342,7 +342,8 @@ class LocalSwarm:
         while True:
             if on_tick is not None:
                 on_tick()
-            codes = {n: self.nodes[n].ml.returncode for n in names if self.nodes[n].ml is not None}
+            procs = {n: self.nodes[n].ml for n in names}
+            codes = {n: p.returncode for n, p in procs.items() if p is not None}
             if all(c is not None for c in codes.values()):
                 return {n: int(c) for n, c in codes.items() if c is not None}
             for n in names:
@@ -358,11 +359,12 @@ class LocalSwarm:
                     )
             if time.monotonic() > deadline:
                 waiting = [n for n, c in codes.items() if c is None]
+                first = procs[waiting[0]]
                 raise RunError(
                     f"ML processes {', '.join(waiting)} still running after {limit:g}s "
                     f"(timeout_seconds); last log lines of {waiting[0]}:\n"
-                    f"{tail(self.nodes[waiting[0]].ml.log_path)}"
-                )  # type: ignore[union-attr]
+                    f"{tail(first.log_path) if first else ''}"
+                )
             time.sleep(0.25)
 
     def metrics(self) -> list[dict[str, Any]]:

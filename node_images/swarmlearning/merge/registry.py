@@ -86,6 +86,9 @@ def merge(
         problem = structure_problem(models[0], model)
         if problem is not None:
             raise MergeError(f"models[{i}] does not match models[0]: {problem}")
+    for name, tensor in models[0].items():
+        if tensor.is_complex():
+            raise MergeError(f"tensor {name!r} has dtype {tensor.dtype}: complex tensors cannot be merged")
     indices = tuple(i for i, w in enumerate(raw) if w > 0)
     if method in ("krum", "multikrum"):
         _check_krum(method, len(indices), options)

@@ -21,6 +21,7 @@ def trimmed_mean(block: torch.Tensor, weights: torch.Tensor, fraction: float) ->
     """Weighted trimmed mean of every row of ``block`` (c x N, a row per coordinate)."""
     if fraction == 0:
         return block @ (weights / weights.sum())
+    # Stable: among equal values the lower model index is cut first, so the kept weights are defined.
     values, order = torch.sort(block, dim=1, stable=True)
     w = weights[order]
     total = weights.sum()

@@ -17,8 +17,8 @@ class MergeResult:
     """Outcome of one merge.
 
     state: the merged state_dict (same names, shapes, dtypes and device as the first input model).
-    selected: indices (into the ``models`` argument) of the models that contributed: every model with a
-        positive weight, or for krum/multikrum the picked ones, best score first.
+    selected: indices (into the ``models`` argument) of the models that contributed, ascending: every
+        model with a positive weight, or for krum/multikrum the picked ones.
     iterations: Weiszfeld updates performed by geomedian (0 for the other methods).
     """
 

@@ -116,8 +116,10 @@ class SwarmCallback:
         if latest is not None:
             reply = self._call(Frame({"op": "latest"}))
             self._load(reply)
-            self.log.info("joined late: loaded merged model of round %s", reply.header.get("round"))
-            self._record("join", loss=None, metric=None)
+            self.round = reply.header.get("round")
+            self.log.info("joined late: loaded merged model of round %s", self.round)
+            loss, metric = self._validate()
+            self._record("join", loss=loss, metric=metric)
         else:
             self._sync("initial")
 

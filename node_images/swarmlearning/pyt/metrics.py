@@ -59,7 +59,7 @@ def make_metric(name: str, args: dict[str, Any] | None) -> MetricFn:
     if builtin is not None:
         return builtin
     try:
-        import torchmetrics  # type: ignore[import-not-found]
+        import torchmetrics
     except ImportError:
         torchmetrics = None
     cls = getattr(torchmetrics, name, None) if torchmetrics is not None else None

@@ -261,8 +261,10 @@ class SLNode:
                 header["weight"] = 0
             result = await self._sync(s, contribution, header, final=True, note=note)
             if result.all_final:
-                note(f"round {result.round_no}: every participant has finished; final model "
-                     f"{result.digest[:12]}")
+                note(
+                    f"round {result.round_no}: every participant has finished; final model "
+                    f"{result.digest[:12]}"
+                )
                 return result.reply()
             note(
                 f"round {result.round_no}: finished here, still contributing ({mode}) until all peers finish"
@@ -285,6 +287,7 @@ class SLNode:
         quorum_timeout = float(settings.get("quorumTimeoutSeconds", 1800))
         loop = asyncio.get_running_loop()
         deadline = loop.time() + quorum_timeout
+        remaining = quorum_timeout
         while True:
             round_no = await ledger.current_round(s.contract)
             key = ModelKey(s.contract, round_no, "input")
@@ -297,7 +300,7 @@ class SLNode:
                     min_peers=int(s.params.get("minPeers", settings.get("minPeers", 1))),
                     max_peers=int(s.params.get("maxPeers", 0)),
                     full_quorum_wait_s=float(settings.get("fullQuorumWaitSeconds", 30)),
-                    timeout_s=max(1.0, deadline - loop.time()),
+                    timeout_s=remaining,
                     progress=note,
                 )
             except QuorumTimeout as exc:
@@ -305,6 +308,7 @@ class SLNode:
             if self.cert.name in close.names:
                 break
             note(f"round {round_no} closed without {self.cert.name} (too late); joining round {round_no + 1}")
+            remaining = max(1.0, deadline - loop.time())
         result = await self._complete_round(s, close, note)
         s.last_merged = result.data
         return result
@@ -383,6 +387,7 @@ class SLNode:
             weights = {
                 n: close.participant(n).weight * max(1, close.participant(n).samples) for n in accepted
             }
+            extra: dict[str, Any]
             if close.round_no == INITIAL_ROUND:
                 # Everyone starts from one model: the leader's (or the first valid) initial weights.
                 start = self.cert.name if self.cert.name in accepted else accepted[0]

@@ -247,10 +247,17 @@ class SNNode:
             initial = ",".join(
                 f"{c.name if m.id == me.id else m.name}={u}" for m in members for u in m.peer_urls
             )
-            self._spawn(initial, "existing")
-            await (await self._wait_serving([c.endpoint], "the new member to start")).close()
-            if me.is_learner:
-                await self._promote(client, me.id)
+            try:
+                self._spawn(initial, "existing")
+                await (await self._wait_serving([c.endpoint], "the new member to start")).close()
+                if me.is_learner:
+                    await self._promote(client, me.id)
+            except BaseException:
+                # Leave no half-joined learner behind; it would block later joins and confuse status.
+                self.stop()
+                with contextlib.suppress(EtcdError):
+                    await client.member_remove(me.id)
+                raise
         finally:
             await client.close()
 

@@ -95,7 +95,7 @@ def ml_resources(spec: TaskSpec, peer: Peer) -> dict[str, Any]:
     gpus = spec.gpus if spec.gpus is not None else peer.spec.gpus
     if gpus > 0:
         # Extended resources are limits only; the scheduler uses the limit as the request.
-        resources.setdefault("limits", {})[peer.spec.gpu_resource_name] = gpus
+        resources.setdefault("limits", {})[peer.spec.gpu_resource_name] = str(gpus)
     return resources
 
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .. import status as st
-from ..kube import Kube
+from ..kube import Kube, NotFound
 from ..ledger_reader import LedgerReader
 
 log = logging.getLogger(__name__)
@@ -45,7 +45,10 @@ class Context:
         if not st.differs(old, new):
             return False
         meta = body["metadata"]
-        self.kube.patch_custom_status(plural, meta["namespace"], meta["name"], new)
+        try:
+            self.kube.patch_custom_status(plural, meta["namespace"], meta["name"], new)
+        except NotFound:
+            return False  # deleted while we reconciled: nothing left to report on
         return True
 
     def event(self, body: Mapping[str, Any], reason: str, message: str, warning: bool = False) -> None:

@@ -29,12 +29,15 @@ def main(grid: Grid, context: Context) -> None:
         node_ids = list(grid.get_node_ids())
     rng = np.random.default_rng(0)
     arrays = ArrayRecord([rng.standard_normal(s, dtype=np.float32) for s in shapes])
-    result = {"rounds": [], "nodes": len(node_ids)}
+    timings: list[dict[str, float]] = []
     for r in range(rounds):
         t0 = time.perf_counter()
         msgs = [
-            Message(content=RecordDict({"arrays": arrays, "config": ConfigRecord({"round": r})}),
-                    message_type=MessageType.TRAIN, dst_node_id=nid)
+            Message(
+                content=RecordDict({"arrays": arrays, "config": ConfigRecord({"round": r})}),
+                message_type=MessageType.TRAIN,
+                dst_node_id=nid,
+            )
             for nid in node_ids
         ]
         replies = list(grid.send_and_receive(msgs, timeout=600))
@@ -44,7 +47,7 @@ def main(grid: Grid, context: Context) -> None:
             raise RuntimeError(f"round {r}: {len(replies)} of {len(node_ids)} replies, errors {errors}")
         arrays = aggregate_arrayrecords([m.content for m in replies], "num-examples")
         t2 = time.perf_counter()
-        result["rounds"].append({"seconds": t2 - t0, "exchange_s": t1 - t0, "aggregate_s": t2 - t1})
+        timings.append({"seconds": t2 - t0, "exchange_s": t1 - t0, "aggregate_s": t2 - t1})
         print(f"roundapp: round {r}: {t2 - t0:.3f} s (aggregate {t2 - t1:.3f} s)", flush=True)
     with open(out, "w") as f:
-        json.dump(result, f)
+        json.dump({"rounds": timings, "nodes": len(node_ids)}, f)

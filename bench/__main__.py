@@ -1,0 +1,122 @@
+"""``python -m bench [--only PART] [--quick]``: run the benchmarks, print progress, write the results.
+
+Parts (in run order): merge, quality, round, scaling, operator. ``--quick`` caps the sizes (merge at
+10M parameters, fewer seeds, N and rounds) for development. Results: ``bench/results/latest.md``,
+``latest.json`` and ``<part>.png``; a full run (no --quick) also copies the table to bench/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+
+from bench.envs import REPO, ensure_bench_venv
+from bench.results import PARTS, PartResult, Value, log, write_results
+
+RESULTS = REPO / "bench" / "results"
+ORDER = ("merge", "quality", "round", "scaling", "operator")
+
+
+def _runner(part: str, quick: bool) -> Callable[[], PartResult]:
+    if part == "merge":
+        from bench.merge_kernels import MergeConfig
+        from bench.merge_kernels import run as run_merge
+
+        cfg = MergeConfig(ps=(10**6, 10**7), budget_s=30.0) if quick else MergeConfig()
+        return lambda: run_merge(cfg)
+    if part == "quality":
+        from bench.quality import QualityConfig
+        from bench.quality import run as run_quality
+
+        qcfg = QualityConfig(ns=(2, 4), seeds=(0,), real_ns=(2,)) if quick else QualityConfig()
+        return lambda: run_quality(qcfg)
+    if part in ("round", "scaling"):
+        from bench.rounds import RoundConfig
+        from bench.rounds import run as run_rounds
+
+        if part == "round":
+            rcfg = RoundConfig(ns=(4,), ps=(10**6,), rounds=3) if quick else RoundConfig()
+        else:
+            rcfg = (
+                RoundConfig(ns=(2, 4), ps=(10**6,), rounds=3, part="scaling")
+                if quick
+                else RoundConfig(ns=(2, 4, 8, 12, 16), ps=(10**6,), rounds=4, part="scaling")
+            )
+        return lambda: run_rounds(rcfg)
+    from bench.operator_scale import OperatorConfig
+    from bench.operator_scale import run as run_operator
+
+    ocfg = OperatorConfig(counts=(20,)) if quick else OperatorConfig()
+    return lambda: run_operator(ocfg)
+
+
+def _meta(quick: bool) -> dict[str, Value]:
+    import numpy
+    import torch
+
+    flwr = subprocess.run(
+        [str(ensure_bench_venv()), "-c", "import flwr; print(flwr.__version__)"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    ).stdout.strip()
+    with open("/proc/meminfo") as f:
+        mem = next(int(x.split()[1]) for x in f if x.startswith("MemTotal:"))
+    return {
+        "run finished (UTC)": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
+        "mode": "quick" if quick else "full",
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {mem / 2**20:.1f} GiB RAM",
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": numpy.__version__,
+        "flwr (.venv-bench)": flwr or "unknown",
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--only", choices=PARTS, action="append", help="run only this part (repeatable); default: all parts"
+    )
+    parser.add_argument("--quick", action="store_true", help="small sizes for development")
+    args = parser.parse_args(argv)
+    parts = [p for p in ORDER if not args.only or p in args.only]
+    ensure_bench_venv()
+    from bench.plots import plot_part
+
+    failed: list[str] = []
+    for part in parts:
+        log(f"=== part {part} ({'quick' if args.quick else 'full'}) ===")
+        t0 = time.perf_counter()
+        try:
+            result = _runner(part, args.quick)()
+        except Exception as exc:  # one broken part must not lose the others' results
+            log(f"part {part} failed: {exc!r}")
+            failed.append(part)
+            result = PartResult(part, (), summary=(f"FAILED: {str(exc).splitlines()[0][:300]}",))
+        finished = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+        result = PartResult(result.part, result.rows, result.baselines, finished, result.summary)
+        write_results(RESULTS, [result], _meta(args.quick))
+        png = plot_part(result, RESULTS)
+        log(
+            f"part {part} done in {time.perf_counter() - t0:.0f} s -> {RESULTS / 'latest.md'}"
+            + (f", {png}" if png else "")
+        )
+        for line in result.summary:
+            log(f"  {line}")
+    if not args.quick:
+        shutil.copyfile(RESULTS / "latest.md", REPO / "bench" / "RESULTS.md")
+        log("copied the table to bench/RESULTS.md")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,134 @@
+"""``swarmctl run``: every example runs end to end, Ctrl-C tears everything down, bad configs fail clearly."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from swarmlearning.local.config import ConfigError, load_config
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLES = sorted(p for p in (ROOT / "examples" / "local").iterdir() if (p / "swarm.yaml").is_file())
+SWARMCTL = [sys.executable, "-m", "swarmlearning.cli.swarmctl"]
+
+
+def processes_mentioning(text: str) -> list[str]:
+    """Command lines of live processes containing ``text`` (e.g. a run folder)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            state = next(
+                (line for line in (entry / "status").read_text().splitlines() if line.startswith("State:")),
+                "",
+            )
+        except OSError:
+            continue
+        if text in cmd and "zombie" not in state:
+            found.append(f"{entry.name}: {cmd[:200]}")
+    return found
+
+
+@pytest.mark.integration
+def test_example_list_is_complete() -> None:
+    names = {p.name for p in EXAMPLES}
+    assert {"digits", "breast_cancer"} <= names
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("example", [p for p in EXAMPLES if p.name != "digits"], ids=lambda p: p.name)
+def test_example_runs_with_swarmctl(example: Path, tmp_path: Path) -> None:
+    """Every example except digits (test_swarm.py runs that one against its accuracy target)."""
+    out = tmp_path / "run"
+    proc = subprocess.run(
+        [*SWARMCTL, "run", str(example), "--out", str(out)], capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "swarm accuracy" in proc.stdout and "central reference" in proc.stdout
+    assert "final merged model identical on every node: yes" in proc.stdout
+    assert "OK:" in (out / "ledger-verify.txt").read_text()
+    for produced in ("model.safetensors", "metrics.csv", "curves.png", "ledger.json", "results.json"):
+        assert (out / produced).is_file(), produced
+    assert not processes_mentioning(str(out))
+
+
+@pytest.mark.integration
+def test_interrupt_tears_down_every_process(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    log = tmp_path / "swarmctl.out"
+    with open(log, "wb") as fh:
+        proc = subprocess.Popen(
+            [*SWARMCTL, "run", str(ROOT / "examples" / "local" / "digits"), "--out", str(out)],
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + 120
+        while b"round " not in log.read_bytes():
+            assert proc.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, "no round completed within 120s:\n" + log.read_text()
+            time.sleep(0.3)
+        assert len(processes_mentioning(str(out))) >= 8  # 4 SL + 4 ML (+ etcd)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 130
+        assert "interrupted" in log.read_text()
+        deadline = time.monotonic() + 15
+        while (left := processes_mentioning(str(out))) and time.monotonic() < deadline:
+            time.sleep(0.3)
+        assert not left, left
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+        for line in processes_mentioning(str(out)):
+            os.kill(int(line.split(":")[0]), signal.SIGKILL)
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    ("yaml_text", "words"),
+    [
+        (
+            "dataset: mnist\ntrain: {epochs: 1, batch_size: 1, lr: 0.1}",
+            "dataset must be one of digits, breast_cancer",
+        ),
+        (
+            "dataset: digits\nnodes: 0\ntrain: {epochs: 1, batch_size: 1, lr: 0.1}",
+            "nodes must be between 1 and 16",
+        ),
+        (
+            "dataset: digits\nsplit: {kind: dirichlet}\ntrain: {epochs: 1, batch_size: 1, lr: 0.1}",
+            "split.kind",
+        ),
+        ("dataset: digits\nsplit: {skew: 2}\ntrain: {epochs: 1, batch_size: 1, lr: 0.1}", "split.skew"),
+        ("dataset: digits\ntrain: {epochs: 1}", "train.batch_size is required"),
+        ("dataset: digits\nepochs: 3\ntrain: {epochs: 1, batch_size: 1, lr: 0.1}", "unknown key(s) epochs"),
+        (
+            "dataset: digits\ntimeout_seconds: 1\ntrain: {epochs: 1, batch_size: 1, lr: 0.1}",
+            "timeout_seconds",
+        ),
+    ],
+)
+def test_bad_config_names_the_key(tmp_path: Path, yaml_text: str, words: str) -> None:
+    (tmp_path / "swarm.yaml").write_text(yaml_text)
+    (tmp_path / "train.py").write_text("")
+    with pytest.raises(ConfigError) as err:
+        load_config(tmp_path)
+    assert words in str(err.value)
+
+
+@pytest.mark.unit
+def test_config_flags_for_train_script() -> None:
+    cfg = load_config(ROOT / "examples" / "local" / "digits")
+    args = cfg.script_args({"adaptive": True, "merge_method": "geomedian", "unused": False})
+    assert args[args.index("--merge-method") + 1] == "geomedian"
+    assert "--adaptive" in args and "--unused" not in args
+    assert args[args.index("--batch-size") + 1] == str(cfg.train["batch_size"])
