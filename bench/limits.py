@@ -96,9 +96,17 @@ def _timed(fn: object) -> float:
     return time.perf_counter() - t0
 
 
-def measure_tls_loopback_bandwidth(n_bytes: int = 256 << 20, chunk: int = 4 << 20) -> Bandwidth:
-    """Bandwidth of one TLS 1.3 stream over 127.0.0.1 (payload bytes per second, sender to receiver),
-    with a throwaway self-signed certificate: what the SL weight exchange pays per byte at best."""
+def measure_tls_loopback_bandwidth(
+    n_bytes: int = 128 << 20, repeats: int = 3, chunk: int = 4 << 20
+) -> Bandwidth:
+    """Best of ``repeats`` TLS 1.3 streams over 127.0.0.1 (payload bytes per second, sender to receiver,
+    Python's ssl module on both ends): what the SL weight exchange pays per byte at best."""
+    best = max((_tls_stream_once(n_bytes, chunk) for _ in range(repeats)), key=lambda b: b.bytes_per_second)
+    return Bandwidth(best.bytes_per_second, f"{best.how}, best of {repeats}")
+
+
+def _tls_stream_once(n_bytes: int, chunk: int) -> Bandwidth:
+    """One timed TLS 1.3 stream of ``n_bytes`` over 127.0.0.1 with a throwaway certificate."""
     with tempfile.TemporaryDirectory(prefix="bench-tls-") as tmp:
         cert, key = _self_signed(Path(tmp))
         server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)

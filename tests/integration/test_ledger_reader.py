@@ -128,12 +128,18 @@ def test_background_view_and_user_provisioning(
 
 
 def test_unreachable_sn_is_reported_and_the_last_view_kept(
-    sn_cluster: Callable[[int], SNCluster],
-    swarm_ca: SwarmCA,
-    reader: LedgerReader,
-    free_port: Callable[[], int],
+    sn_cluster: Callable[[int], SNCluster], swarm_ca: SwarmCA, free_port: Callable[[], int]
 ) -> None:
-    cluster = sn_cluster(1)
+    reader = LedgerReader(timeout_s=1.5, min_interval_s=0.2)  # a dead endpoint costs one timeout per try
+    try:
+        _unreachable(sn_cluster(1), swarm_ca, reader, free_port)
+    finally:
+        reader.close()
+
+
+def _unreachable(
+    cluster: SNCluster, swarm_ca: SwarmCA, reader: LedgerReader, free_port: Callable[[], int]
+) -> None:
     ca = _ca(swarm_ca)
     good = _until(lambda: reader.view("k", cluster.endpoints, ca)[0], "a first view")
     dead = [f"127.0.0.1:{free_port()}"]

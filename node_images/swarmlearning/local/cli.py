@@ -49,6 +49,7 @@ def run_example(
     *,
     nodes: int | None = None,
     out: str | Path | None = None,
+    seed: int | None = None,
     emit: Callable[[str], None] = print,
 ) -> RunResult:
     """Run an example end to end and return its figures (raises RunError/ConfigError)."""
@@ -56,7 +57,7 @@ def run_example(
     from swarmlearning.local.datasets import Shard
 
     started = time.monotonic()
-    config = load_config(example_dir, nodes=nodes)
+    config = load_config(example_dir, nodes=nodes, seed=seed)
     run_dir = Path(out) if out else Path("runs") / f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     if run_dir.exists() and any(run_dir.iterdir()):
         raise RunError(f"--out {run_dir} exists and is not empty; choose a new folder")
@@ -159,7 +160,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     logging.getLogger().setLevel(logging.DEBUG if getattr(args, "verbose", False) else logging.WARNING)
     try:
         result = run_example(
-            args.example, nodes=args.nodes, out=args.out, emit=lambda s: print(s, flush=True)
+            args.example, nodes=args.nodes, out=args.out, seed=args.seed, emit=lambda s: print(s, flush=True)
         )
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -183,5 +184,8 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("example", help="example folder with swarm.yaml and train.py, e.g. examples/local/digits")
     p.add_argument("--nodes", type=int, default=None, help="number of nodes (default: the example's)")
+    p.add_argument(
+        "--seed", type=int, default=None, help="data split and training seed (default: the example's)"
+    )
     p.add_argument("--out", default=None, help="run folder (default runs/<example>-<timestamp>)")
     p.set_defaults(func=_cmd_run)

@@ -79,8 +79,8 @@ def _get(mapping: Mapping[str, Any], key: str, kind: type | tuple[type, ...], de
     return value
 
 
-def load_config(example_dir: str | Path, *, nodes: int | None = None) -> RunConfig:
-    """Read and check ``<example_dir>/swarm.yaml``; ``nodes`` overrides the node count."""
+def load_config(example_dir: str | Path, *, nodes: int | None = None, seed: int | None = None) -> RunConfig:
+    """Read and check ``<example_dir>/swarm.yaml``; ``nodes`` and ``seed`` override the file's values."""
     folder = Path(example_dir)
     path = folder / CONFIG_FILE
     if not path.is_file():
@@ -126,7 +126,7 @@ def load_config(example_dir: str | Path, *, nodes: int | None = None) -> RunConf
         name=folder.resolve().name,
         dataset=dataset,
         nodes=n,
-        seed=_get(raw, "seed", int, 0),
+        seed=seed if seed is not None else _get(raw, "seed", int, 0),
         split=kind,
         skew=skew,
         test_fraction=test_fraction,

@@ -103,15 +103,3 @@ def weighted_sum(block: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
 def float_names(models: Models) -> list[str]:
     """Names of the floating tensors, the ones that make up the model vector for distances."""
     return [name for name, t in models[0].items() if is_continuous(t)]
-
-
-def squared_distances_to(models: Models, point: Mapping[str, torch.Tensor]) -> torch.Tensor:
-    """||x_i - point||^2 over all floating tensors for every model i, accumulated block by block (float64).
-
-    ``point`` holds flat float64 tensors on each layer's device.
-    """
-    d2 = torch.zeros(len(models), dtype=torch.float64)
-    for name in float_names(models):
-        for s, block in blocks(models, name):
-            d2 += (block - point[name][s]).square().sum(dim=1).cpu()
-    return d2
