@@ -46,7 +46,7 @@ def _runner(part: str, quick: bool) -> Callable[[], PartResult]:
             rcfg = (
                 RoundConfig(ns=(2, 4), ps=(10**6,), rounds=3, part="scaling")
                 if quick
-                else RoundConfig(ns=(2, 4, 8, 12, 16), ps=(10**6,), rounds=4, part="scaling")
+                else RoundConfig(ns=(2, 4, 8, 16), ps=(10**6,), rounds=4, part="scaling")
             )
         return lambda: run_rounds(rcfg)
     from bench.operator_scale import OperatorConfig

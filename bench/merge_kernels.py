@@ -42,7 +42,7 @@ class MergeConfig:
 
     ns: tuple[int, ...] = (4, 8, 16)
     ps: tuple[int, ...] = (10**6, 10**7, 10**8)
-    budget_s: float = 120.0
+    budget_s: float = 60.0
     mem_fraction: float = 0.75
 
 

@@ -69,14 +69,8 @@ def parse_args(argv: list[str] | None = None) -> OperatorConfig:
     namespaces = list(a.namespace)
     if not namespaces and not a.all_namespaces and os.environ.get("WATCH_NAMESPACE"):
         namespaces = [n.strip() for n in os.environ["WATCH_NAMESPACE"].split(",") if n.strip()]
-    logging.basicConfig(
-        level=logging.DEBUG if a.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    if not a.verbose:
-        # One line per handler run would drown our transition logs; Kopf's warnings and errors stay.
-        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     return OperatorConfig(
+        verbose=a.verbose,
         namespaces=tuple(namespaces),
         resync_seconds=a.resync_seconds,
         ledger_timeout_seconds=a.ledger_timeout_seconds,
@@ -89,14 +83,21 @@ def parse_args(argv: list[str] | None = None) -> OperatorConfig:
 
 def main(argv: list[str] | None = None) -> int:
     config = parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if config.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if not config.verbose:
+        # One line per handler run would drown our transition logs; Kopf's warnings and errors stay.
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+        logging.getLogger("aiohttp.access").setLevel(logging.WARNING)  # every liveness probe
     kube = Kube.connect()
     ledger = None
     if config.ledger_poll_seconds > 0:
         ledger = LedgerReader(
             timeout_s=config.ledger_timeout_seconds, min_interval_s=config.ledger_poll_seconds
         )
-    handlers.install(Context(kube=kube, ledger=ledger))
-    handlers.configure(config)
+    handlers.install(Context(kube=kube, ledger=ledger), config)
     if config.metrics_port:
         prometheus_client.start_http_server(config.metrics_port)
     try:

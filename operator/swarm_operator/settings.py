@@ -26,6 +26,8 @@ class OperatorConfig:
     """Prometheus /metrics port; 0 disables."""
     health_port: int = 8081
     """Liveness endpoint port (/healthz); 0 disables."""
+    verbose: bool = False
+    """Debug logging, including one line per Kopf handler run."""
 
 
 def apply(settings: kopf.OperatorSettings, config: OperatorConfig) -> None:

@@ -7,6 +7,7 @@ naming the field and the allowed range.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -70,6 +71,15 @@ def _map(spec: Mapping[str, Any], key: str) -> dict[str, Any]:
     return dict(value)
 
 
+def default_image(role: str, builtin: str) -> str:
+    """Image used when a spec leaves it unset: $SWARM_<ROLE>_IMAGE (set by the chart), else `builtin`.
+
+    The CRDs default these fields server-side, so this applies to objects stored without that default
+    (e.g. created before the CRD had it) and to hand-written specs.
+    """
+    return os.environ.get(f"SWARM_{role.upper()}_IMAGE") or builtin
+
+
 PULL_POLICIES = ("Always", "IfNotPresent", "Never")
 SERVICE_TYPES = ("ClusterIP", "NodePort", "LoadBalancer")
 MERGE_METHODS = ("mean", "coordmedian", "geomedian", "trimmedmean", "krum", "multikrum")
@@ -111,7 +121,7 @@ class NetworkSpec:
                 raise SpecError(f"spec.join.endpoints entries must be host:port with port 1-65535, got {e!r}")
         return cls(
             members=_int(spec, "members", 1, 1, 7, p),
-            image=str(spec.get("image") or cls.image),
+            image=str(spec.get("image") or default_image("sn", cls.image)),
             image_pull_policy=_enum(spec, "imagePullPolicy", "IfNotPresent", PULL_POLICIES, p),
             service_type=_enum(service, "type", "ClusterIP", SERVICE_TYPES, "spec.service"),
             p2p_port=_int(service, "p2pPort", names.P2P_PORT, 1, 65535, "spec.service"),
@@ -185,8 +195,8 @@ class NodeSpec:
                 read_only=bool(data.get("readOnly", True)),
             ),
             organisation=spec.get("organisation") or None,
-            sl_image=str(spec.get("slImage") or cls.sl_image),
-            ml_image=str(spec.get("mlImage") or cls.ml_image),
+            sl_image=str(spec.get("slImage") or default_image("sl", cls.sl_image)),
+            ml_image=str(spec.get("mlImage") or default_image("ml", cls.ml_image)),
             image_pull_policy=_enum(spec, "imagePullPolicy", "IfNotPresent", PULL_POLICIES, p),
             service_type=_enum(service, "type", "ClusterIP", SERVICE_TYPES, "spec.service"),
             port=_int(service, "port", names.SL_PORT, 1, 65535, "spec.service"),

@@ -209,6 +209,43 @@ def test_network_scales_up_and_down_highest_ordinal_first(
     )
 
 
+def test_joining_network_has_no_sentinel(
+    cluster: Cluster, kube: Kube, namespace: str, operator: OperatorProcess
+) -> None:
+    remote = ["sn.other-site.example:30304", "10.1.2.3:30304"]
+    apply(cluster, namespace, network(members=2, join={"endpoints": remote}))
+    wait_for(lambda: phase_is(kube, names.NETWORKS, namespace, "net", "Ready"), T, "network Ready", operator)
+    for i in (0, 1):
+        cmd = kube.get("Pod", namespace, f"net-sn-{i}")["spec"]["containers"][0]["command"]  # type: ignore[index]
+        assert cmd[cmd.index("--join") + 1] == ",".join(remote), f"member {i} joins the remote swarm"
+        assert "--provision" not in cmd
+
+
+def test_lost_sentinel_is_replaced_by_a_member_joining_the_others(
+    cluster: Cluster, kube: Kube, namespace: str, operator: OperatorProcess
+) -> None:
+    ready_network(cluster, kube, namespace, operator, members=3)
+    old_uid = kube.get("Pod", namespace, "net-sn-0")["metadata"]["uid"]  # type: ignore[index]
+    kube.delete("Pod", namespace, "net-sn-0")
+
+    def replaced() -> dict[str, Any] | None:
+        p = kube.get("Pod", namespace, "net-sn-0")
+        return (
+            p
+            if p and p["metadata"]["uid"] != old_uid and not p["metadata"].get("deletionTimestamp")
+            else None
+        )
+
+    pod = wait_for(replaced, T, "a new net-sn-0", operator)
+    cmd = pod["spec"]["containers"][0]["command"]
+    assert cmd[cmd.index("--join") + 1] == (
+        f"net-sn-1.net-sn-peers.{namespace}.svc:30304,net-sn-2.net-sn-peers.{namespace}.svc:30304"
+    ), "a recreated sentinel joins the surviving members instead of bootstrapping a second ledger"
+    assert "--provision" not in cmd
+    wait_for(lambda: phase_is(kube, names.NETWORKS, namespace, "net", "Ready"), T, "Ready again", operator)
+    assert "NetworkDegraded" in [e["reason"] for e in events(kube, namespace, "net")]
+
+
 # ------------------------------------------------------------------------------ LearningNode
 
 
@@ -419,6 +456,33 @@ def test_task_with_more_peers_than_nodes_waits_then_runs_when_a_node_appears(
         operator,
     )
     assert len(task_pods(kube, namespace, "big")) == 2
+
+
+def test_a_site_runs_one_task_at_a_time(
+    cluster: Cluster, kube: Kube, namespace: str, operator: OperatorProcess
+) -> None:
+    ready_network(cluster, kube, namespace, operator)
+    apply(cluster, namespace, node("site-a"))
+    wait_for(lambda: phase_is(kube, names.NODES, namespace, "site-a", "Ready"), T, "site-a Ready", operator)
+    apply(cluster, namespace, task("one", peers=1, min_peers=1), task("two", peers=1, min_peers=1))
+
+    def one_runs_one_waits() -> tuple[str, str] | None:
+        phases = {t: status(kube, names.TASKS, namespace, t).get("phase") for t in ("one", "two")}
+        running = [t for t, p in phases.items() if p == "Running"]
+        waiting = [t for t, p in phases.items() if p == "Waiting"]
+        return (running[0], waiting[0]) if len(running) == 1 and len(waiting) == 1 else None
+
+    first, second = wait_for(one_runs_one_waits, T, "one task Running and the other Waiting", operator)
+    cond = condition(status(kube, names.TASKS, namespace, second), "PeersAssigned")
+    assert cond["reason"] == "PeersBusy" and "busy: site-a" in cond["message"]
+    assert not task_pods(kube, namespace, second)
+    (pod,) = task_pods(kube, namespace, first)
+    set_phase(kube, namespace, pod, "Succeeded")
+    wait_for(
+        lambda: phase_is(kube, names.TASKS, namespace, second, "Running"), T, f"{second} Running", operator
+    )
+    (pod2,) = task_pods(kube, namespace, second)
+    assert pod2 == f"{second}-site-a-0"
 
 
 def test_prerequisites_hold_a_task_until_they_succeed(

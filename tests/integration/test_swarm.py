@@ -152,6 +152,8 @@ def test_killed_node_does_not_stop_the_swarm_and_rejoins(tmp_path: Path) -> None
         joins = [r for r in rows if r["event"] == "join"]
         assert joins, "restarted node-3 did not join from the latest merged model"
         assert joins[-1]["round"] >= rejoin_after
+        # What it loaded is exactly the merged model the ledger recorded for that round.
+        assert joins[-1]["digest"] == round_records(swarm)[joins[-1]["round"]].body["merged_digest"]
         later = [
             n
             for n, c in close_records(swarm).items()

@@ -28,8 +28,9 @@ BAD = [
     ("syncFrequency", 2.5, "integer"),
     ("minPeers", 0, ">= 1"),
     ("minPeers", True, "integer"),
-    ("trainingContract", "", "non-empty"),
-    ("trainingContract", "a/b", "without '/'"),
+    ("trainingContract", "", "1-63 lowercase letters"),
+    ("trainingContract", "a/b", "1-63 lowercase letters"),
+    ("trainingContract", "Upper", "1-63 lowercase letters"),
     ("useAdaptiveSync", "yes", "True or False"),
     ("adsValData", 5, "DataLoader"),
     ("adsValBatchSize", 0, ">= 1"),
@@ -69,6 +70,25 @@ def test_bad_parameter_names_itself_and_range(name: str, value: object, words: s
 def test_unknown_parameter_is_named() -> None:
     with pytest.raises(ValueError, match="syncFreq"):
         SwarmCallback(2, 2, model=_model(), syncFreq=3)
+
+
+def test_environment_overrides_the_script(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SWARM_MIN_PEERS", "5")
+    monkeypatch.setenv("SWARM_MERGE_METHOD", "geomedian")
+    monkeypatch.setenv("SWARM_USE_ADAPTIVE_SYNC", "false")
+    monkeypatch.setenv("SWARM_FULL_QUORUM_WAIT_SECONDS", "2.5")
+    cb = SwarmCallback(4, 2, model=_model(), mergeMethod="mean")
+    assert (cb.params.minPeers, cb.params.mergeMethod, cb.params.fullQuorumWaitSeconds) == (
+        5,
+        "geomedian",
+        2.5,
+    )
+    monkeypatch.setenv("SWARM_MIN_PEERS", "many")
+    with pytest.raises(ValueError, match="SWARM_MIN_PEERS .sets minPeers. must be a int"):
+        SwarmCallback(4, 2, model=_model())
+    monkeypatch.setenv("SWARM_MIN_PEERS", "0")
+    with pytest.raises(ValueError, match="minPeers must be >= 1"):
+        SwarmCallback(4, 2, model=_model())
 
 
 def test_adaptive_sync_needs_validation_data_and_loss() -> None:

@@ -41,6 +41,16 @@ def test_network_bad_fields_are_named(spec: dict[str, Any], field: str) -> None:
         NetworkSpec.parse(spec)
 
 
+def test_unset_images_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert NetworkSpec.parse({}).image == "swarmlearning/sn:0.1.0"
+    monkeypatch.setenv("SWARM_SN_IMAGE", "registry.local/sn:1")
+    monkeypatch.setenv("SWARM_ML_IMAGE", "registry.local/ml:1")
+    assert NetworkSpec.parse({}).image == "registry.local/sn:1"
+    assert NetworkSpec.parse({"image": "mine:2"}).image == "mine:2"
+    node = NodeSpec.parse({"network": "n", "data": {"emptyDir": True}})
+    assert (node.ml_image, node.sl_image) == ("registry.local/ml:1", "swarmlearning/sl:0.1.0")
+
+
 def test_node_needs_exactly_one_data_source() -> None:
     with pytest.raises(SpecError, match="exactly one of claimName, hostPath, emptyDir"):
         NodeSpec.parse({"network": "n", "data": {"claimName": "a", "emptyDir": True}})

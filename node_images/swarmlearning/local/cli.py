@@ -77,7 +77,7 @@ def run_example(
             f">>> SN at {swarm.sn_endpoint}; {config.nodes} SL and {config.nodes} ML processes started "
             f"(logs in {run_dir / 'logs'})"
         )
-        codes = swarm.wait_ml(on_tick=lambda: progress.update(swarm.metrics()))
+        codes = swarm.wait_ml(on_tick=lambda: progress.update(swarm.metrics()), fail_fast=True)
         progress.update(swarm.metrics(), final=True)
         failed = {n: c for n, c in codes.items() if c != 0}
         if failed:
@@ -156,6 +156,7 @@ def _raise_interrupt(signum: int, frame: Any) -> NoReturn:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _raise_interrupt)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # also when started with SIGINT ignored
     # The table and progress lines are the output; library INFO logs go to the run's log files.
     logging.getLogger().setLevel(logging.DEBUG if getattr(args, "verbose", False) else logging.WARNING)
     try:

@@ -158,6 +158,10 @@ class LocalSwarm:
     sn_endpoint: str = ""
     n_classes: int = 0
 
+    def __post_init__(self) -> None:
+        # Children run with other working directories (ML: the example folder): paths must be absolute.
+        self.run_dir = self.run_dir.resolve()
+
     # ------------------------------------------------------------------ setup
 
     def __enter__(self) -> LocalSwarm:
@@ -329,12 +333,17 @@ class LocalSwarm:
         return {n: (node.ml.returncode if node.ml else None) for n, node in self.nodes.items()}
 
     def wait_ml(
-        self, names: list[str] | None = None, timeout: float | None = None, on_tick: Any = None
+        self,
+        names: list[str] | None = None,
+        timeout: float | None = None,
+        on_tick: Any = None,
+        fail_fast: bool = False,
     ) -> dict[str, int]:
         """Wait until the ML processes of ``names`` (default all) exit; returns their exit codes.
 
-        Raises RunError after ``timeout`` seconds (default: the config's ``timeout_seconds``), or at once
-        when an SL node dies while its ML process still runs.
+        Raises RunError after ``timeout`` seconds (default: the config's ``timeout_seconds``), at once
+        when an SL node dies while its ML process still runs, and with ``fail_fast`` as soon as one ML
+        process exits with an error (the others would only wait for it until their quorum timeout).
         """
         names = names or list(self.nodes)
         limit = timeout if timeout is not None else self.config.timeout_seconds
@@ -346,6 +355,13 @@ class LocalSwarm:
             codes = {n: p.returncode for n, p in procs.items() if p is not None}
             if all(c is not None for c in codes.values()):
                 return {n: int(c) for n, c in codes.items() if c is not None}
+            failed = sorted(n for n, c in codes.items() if c not in (None, 0))
+            if fail_fast and failed:
+                first = procs[failed[0]]
+                raise RunError(
+                    f"ML process of {failed[0]} exited with code {codes[failed[0]]}:\n"
+                    f"{tail(first.log_path, 15) if first else ''}"
+                )
             for n in names:
                 node = self.nodes[n]
                 # An SL node exits 0 on its own shortly after its ML process finished; any other exit

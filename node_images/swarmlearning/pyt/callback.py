@@ -12,6 +12,9 @@ Environment:
 * ``SWARM_METRICS_FILE``: append one JSON line per sync/epoch/end (``swarmctl run`` reads it).
 * ``SWARM_MODEL_OUTPUT``: directory; on train end the final merged model is written there as
   ``model.safetensors`` and this node's own last local model as ``local-model.safetensors``.
+* ``SWARM_SYNC_FREQUENCY``, ``SWARM_MIN_PEERS``, ``SWARM_MERGE_METHOD`` … (the full list is
+  ``swarmlearning.pyt.params.ENV_OVERRIDES``): override the script's values, so a SwarmTask's
+  ``spec.sync`` governs a script written for HPE without editing it.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import torch
 
 from swarmlearning.pyt.adaptive import next_sync_interval
 from swarmlearning.pyt.metrics import MetricFn, evaluate, make_loss, make_metric
-from swarmlearning.pyt.params import SwarmParams, validate_params
+from swarmlearning.pyt.params import SwarmParams, env_overrides, validate_params
 from swarmlearning.sl.channel import ChannelClient, ChannelError, Frame
 from swarmlearning.sl.weights import decode_state, encode_state
 
@@ -64,9 +67,14 @@ class SwarmCallback:
         model = kwargs.get("model")
         if not isinstance(model, torch.nn.Module):
             raise ValueError(f"model must be a torch.nn.Module (required for PyTorch), got {model!r}")
-        self.params: SwarmParams = validate_params(
-            syncFrequency, minPeers, trainingContract=trainingContract, **kwargs
-        )
+        given: dict[str, Any] = {
+            "syncFrequency": syncFrequency,
+            "minPeers": minPeers,
+            "trainingContract": trainingContract,
+            **kwargs,
+        }
+        given.update(env_overrides(os.environ))
+        self.params: SwarmParams = validate_params(**given)
         self.model = model
         self.log = self.params.logger or logging.getLogger("swarmlearning.pyt")
         p = self.params
@@ -119,7 +127,7 @@ class SwarmCallback:
             self.round = reply.header.get("round")
             self.log.info("joined late: loaded merged model of round %s", self.round)
             loss, metric = self._validate()
-            self._record("join", loss=loss, metric=metric)
+            self._record("join", loss=loss, metric=metric, digest=reply.header.get("digest"))
         else:
             self._sync("initial")
 
@@ -208,6 +216,7 @@ class SwarmCallback:
             loss=loss,
             metric=metric,
             participants=reply.header.get("participants"),
+            digest=reply.header.get("digest"),
             leader=reply.header.get("leader"),
         )
 

@@ -7,6 +7,8 @@ construction time and not after an hour of training. No torch import here: pure 
 from __future__ import annotations
 
 import logging
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -70,6 +72,46 @@ class SwarmParams:
 
 
 _ALLOWED = set(SwarmParams.__dataclass_fields__) | {"model"}
+# Same rule as the ledger's contract names, checked here so a bad name fails before training starts.
+_CONTRACT_RE = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$")
+
+ENV_OVERRIDES: dict[str, tuple[str, type]] = {
+    "SWARM_TRAINING_CONTRACT": ("trainingContract", str),
+    "SWARM_SYNC_FREQUENCY": ("syncFrequency", int),
+    "SWARM_MIN_PEERS": ("minPeers", int),
+    "SWARM_MAX_PEERS": ("maxPeers", int),
+    "SWARM_MERGE_METHOD": ("mergeMethod", str),
+    "SWARM_TRIM_FRACTION": ("trimFraction", float),
+    "SWARM_BYZANTINE": ("byzantine", int),
+    "SWARM_USE_ADAPTIVE_SYNC": ("useAdaptiveSync", bool),
+    "SWARM_CHECKIN_MODEL_ON_TRAIN_END": ("checkinModelOnTrainEnd", str),
+    "SWARM_NODE_WEIGHTAGE": ("nodeWeightage", int),
+    "SWARM_TOTAL_EPOCHS": ("totalEpochs", int),
+    "SWARM_FULL_QUORUM_WAIT_SECONDS": ("fullQuorumWaitSeconds", float),
+    "SWARM_LEADER_FAILURE_TIMEOUT_SECONDS": ("leaderFailureTimeoutSeconds", float),
+    "SWARM_QUORUM_TIMEOUT_SECONDS": ("quorumTimeoutSeconds", float),
+}
+"""Environment variables that override the script's values: the operator sets them from a SwarmTask's
+``spec.sync`` so the task, not the image, decides how the swarm syncs."""
+
+
+def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
+    """Parameters set through ``ENV_OVERRIDES`` variables; a malformed value names its variable."""
+    out: dict[str, Any] = {}
+    for var, (param, kind) in ENV_OVERRIDES.items():
+        raw = environ.get(var)
+        if raw is None or raw == "":
+            continue
+        if kind is bool:
+            if raw.strip().lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError(f"{var} (sets {param}) must be true or false, got {raw!r}")
+            out[param] = raw.strip().lower() in ("true", "1", "yes")
+            continue
+        try:
+            out[param] = kind(raw)
+        except ValueError as exc:
+            raise ValueError(f"{var} (sets {param}) must be a {kind.__name__}, got {raw!r}") from exc
+    return out
 
 
 def _int(name: str, value: object, low: int, high: int | None = None) -> int:
@@ -121,10 +163,10 @@ def validate_params(syncFrequency: object, minPeers: object, **kw: Any) -> Swarm
     sync = _int("syncFrequency", syncFrequency, 1)
     peers = _int("minPeers", minPeers, 1)
     contract = kw.get("trainingContract", DEFAULT_CONTRACT)
-    if not isinstance(contract, str) or not contract or len(contract) > 253 or "/" in contract:
+    if not isinstance(contract, str) or not _CONTRACT_RE.match(contract):
         raise ValueError(
-            f"trainingContract must be a non-empty string of at most 253 characters without '/', "
-            f"got {contract!r}"
+            "trainingContract must be 1-63 lowercase letters, digits, '.', '_' or '-', starting and ending "
+            f"with a letter or digit, got {contract!r}"
         )
     adaptive = kw.get("useAdaptiveSync", False)
     if not isinstance(adaptive, bool):

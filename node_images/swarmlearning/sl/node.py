@@ -29,7 +29,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +37,7 @@ from typing import Any
 import torch
 
 from swarmlearning import pki
+from swarmlearning.etcd import EtcdError
 from swarmlearning.ledger import (
     LeaderFailed,
     Ledger,
@@ -49,7 +49,7 @@ from swarmlearning.ledger import (
     RoundClose,
 )
 from swarmlearning.merge import merge, validate_peer_model
-from swarmlearning.sl.channel import Frame, read_frame, write_frame
+from swarmlearning.sl.channel import Frame, encode_frame, read_frame, write_frame
 from swarmlearning.sl.peers import ModelKey, ModelStore, PeerClient, PeerError, PeerServer
 from swarmlearning.sl.weights import decode_state, digest, encode_state
 
@@ -182,7 +182,7 @@ class SLNode:
                 async with self._busy:
                     try:
                         reply = await self._handle(session, frame, note)
-                    except (RoundFailed, QuorumTimeout, LedgerError, PeerError, ValueError) as exc:
+                    except (RoundFailed, LedgerError, EtcdError, PeerError, ValueError) as exc:
                         log.error("%s", exc)
                         reply = Frame({"ok": False, "error": str(exc)})
                 await write_frame(writer, reply)
@@ -230,14 +230,14 @@ class SLNode:
         if op == "latest":
             round_no, data = await self._latest_merged(s, note)
             s.last_merged = data
-            return Frame({"ok": True, "round": round_no}, data)
+            return Frame({"ok": True, "round": round_no, "digest": digest(data)}, data)
         if op == "sync":
             kind = str(frame.header.get("kind", "round"))
             if kind == "initial" and await ledger.current_round(s.contract) > INITIAL_ROUND:
                 # Round 1 closed without us: take the swarm's start (or newer) model instead.
                 round_no, data = await self._latest_merged(s, note)
                 s.last_merged = data
-                return Frame({"ok": True, "round": round_no, "late": True}, data)
+                return Frame({"ok": True, "round": round_no, "late": True, "digest": digest(data)}, data)
             result = await self._sync(s, frame.payload, frame.header, final=False, note=note)
             return result.reply()
         if op == "finish":
@@ -577,8 +577,6 @@ class _RoundResult:
 
 
 def _encode_interim(message: str) -> bytes:
-    from swarmlearning.sl.channel import encode_frame
-
     return encode_frame(Frame({"interim": True, "message": message}))
 
 
@@ -598,8 +596,3 @@ def _majority_structure(
         groups.setdefault(_signature(state), []).append(name)
     best = max(groups.values(), key=lambda names: (len(names), prefer in names))
     return states[prefer if prefer in best else best[0]]
-
-
-def config_from_env() -> dict[str, str]:
-    """Environment variables the SL image honours (mirrors the flags of ``python -m swarmlearning.sl``)."""
-    return {k: v for k, v in os.environ.items() if k.startswith("SWARM_")}

@@ -94,8 +94,13 @@ def _reconcile(ctx: Context, body: Obj) -> None:
     # ------------------------------------------------------------------ status from observation
     members_ready = len([o for o in ready if o < spec.members])
     extra = [o for o in pods if o >= spec.members]
-    was_ready = old.get("phase") in (st.NetworkPhase.READY, st.NetworkPhase.DEGRADED)
-    lost = [o for o, p in pods.items() if o < spec.members and not is_ready(p)]
+    # Degraded = a member of an unchanged spec that was all Ready is missing or not ready; after a spec
+    # change (scale-up) the same observation is Bootstrapping.
+    was_ready = (
+        old.get("phase") in (st.NetworkPhase.READY, st.NetworkPhase.DEGRADED)
+        and old.get("observedGeneration") == owner.generation
+    )
+    lost = [o for o in range(spec.members) if o not in ready]
     if members_ready == spec.members and not extra:
         phase = st.NetworkPhase.READY
         members_cond = st.Condition(

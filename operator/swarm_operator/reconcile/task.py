@@ -171,41 +171,45 @@ def _reconcile(ctx: Context, body: Obj) -> None:
     nodes = {n["metadata"]["name"]: n for n in ctx.kube.list_custom(names.NODES, owner.namespace)}
     chosen = [str(p) for p in old.get("peers") or ()]
     if len(chosen) != spec.peers:
-        selection = select_peers(
-            owner.name,
-            spec.network,
-            spec.node_selector,
-            spec.peers,
-            [
-                Candidate(
-                    name=n,
-                    labels=b["metadata"].get("labels") or {},
-                    network=(b.get("spec") or {}).get("network", ""),
-                    phase=(b.get("status") or {}).get("phase"),
-                    current_task=(b.get("status") or {}).get("currentTask"),
-                )
-                for n, b in nodes.items()
-            ],
-        )
-        if not selection.ok:
-            assert selection.reason is not None
-            _wait(ctx, body, owner, "PeersAssigned", selection.reason, selection.message)
-            return
-        chosen = list(selection.peers)
-        # Fix the choice before creating pods: a restart must not choose again.
-        _write(
-            ctx,
-            body,
-            owner,
-            st.TaskPhase.PENDING,
-            [
-                st.Condition("PrerequisitesMet", True, "PrerequisitesMet", "all prerequisites Succeeded"),
-                st.Condition("NetworkReady", True, "NetworkFound", f"SwarmNetwork {spec.network}"),
-                st.Condition("PeersAssigned", True, "PeersAssigned", ", ".join(chosen)),
-            ],
-            {"peers": chosen},
-            event=("PeersAssigned", f"running on {', '.join(chosen)}", False),
-        )
+        # One selection at a time per namespace: two tasks must not both take the same free site.
+        with ctx.locks.hold("peer-selection", owner.namespace, ""):
+            claimed = _claimed_sites(ctx, owner)
+            selection = select_peers(
+                owner.name,
+                spec.network,
+                spec.node_selector,
+                spec.peers,
+                [
+                    Candidate(
+                        name=n,
+                        labels=b["metadata"].get("labels") or {},
+                        network=(b.get("spec") or {}).get("network", ""),
+                        # A site another task holds (chosen or running) is busy, whatever its status says yet.
+                        phase="Training" if n in claimed else (b.get("status") or {}).get("phase"),
+                        current_task=claimed.get(n) or (b.get("status") or {}).get("currentTask"),
+                    )
+                    for n, b in nodes.items()
+                ],
+            )
+            if not selection.ok:
+                assert selection.reason is not None
+                _wait(ctx, body, owner, "PeersAssigned", selection.reason, selection.message)
+                return
+            chosen = list(selection.peers)
+            # Fix the choice before creating pods: a restart must not choose again.
+            _write(
+                ctx,
+                body,
+                owner,
+                st.TaskPhase.PENDING,
+                [
+                    st.Condition("PrerequisitesMet", True, "PrerequisitesMet", "all prerequisites Succeeded"),
+                    st.Condition("NetworkReady", True, "NetworkFound", f"SwarmNetwork {spec.network}"),
+                    st.Condition("PeersAssigned", True, "PeersAssigned", ", ".join(chosen)),
+                ],
+                {"peers": chosen},
+                event=("PeersAssigned", f"running on {', '.join(chosen)}", False),
+            )
         body = ctx.kube.get_custom(names.TASKS, owner.namespace, owner.name) or body
         old = body.get("status") or {}
 
@@ -329,6 +333,21 @@ def _reconcile(ctx: Context, body: Obj) -> None:
             extra,
             event=(reason, msg, True),
         )
+
+
+def _claimed_sites(ctx: Context, owner: ObjectRef) -> dict[str, str]:
+    """Sites held by other tasks: in the peers of an unfinished task, or running one of its pods."""
+    claimed: dict[str, str] = {}
+    for t in ctx.kube.list_custom(names.TASKS, owner.namespace):
+        st_ = t.get("status") or {}
+        if t["metadata"]["name"] != owner.name and st_.get("phase") not in st.TaskPhase.TERMINAL:
+            for peer in st_.get("peers") or ():
+                claimed.setdefault(str(peer), t["metadata"]["name"])
+    for p in ctx.kube.find("Pod", owner.namespace, {names.L_COMPONENT: names.COMPONENT_TASK}):
+        labels = p["metadata"].get("labels") or {}
+        if is_active(p) and labels.get(names.L_TASK) != owner.name and labels.get(names.L_NODE):
+            claimed.setdefault(labels[names.L_NODE], labels.get(names.L_TASK, ""))
+    return claimed
 
 
 def _observe(spec: TaskSpec, node: str, pods: list[Obj]) -> tuple[NodeOutcome, int | None]:
