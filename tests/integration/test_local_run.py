@@ -132,3 +132,19 @@ def test_config_flags_for_train_script() -> None:
     assert args[args.index("--merge-method") + 1] == "geomedian"
     assert "--adaptive" in args and "--unused" not in args
     assert args[args.index("--batch-size") + 1] == str(cfg.train["batch_size"])
+
+
+@pytest.mark.integration
+def test_bad_callback_parameter_stops_the_run_with_its_message(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from swarmlearning.local.cli import run_example
+    from swarmlearning.local.runner import RunError
+
+    monkeypatch.setenv("SWARM_MERGE_METHOD", "average")  # inherited by every ML process
+    out = tmp_path / "run"
+    with pytest.raises(RunError) as err:
+        run_example(ROOT / "examples" / "local" / "breast_cancer", out=out, emit=lambda s: None)
+    assert "exited with code 1" in str(err.value)
+    assert "mergeMethod must be one of mean, coordmedian" in str(err.value)
+    assert not processes_mentioning(str(out))

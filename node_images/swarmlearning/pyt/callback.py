@@ -171,6 +171,8 @@ class SwarmCallback:
             self._load(reply)
             self.round = reply.header.get("round")
             self._batches_since_sync = 0
+            if warning := reply.header.get("warning"):
+                self.log.warning("%s", warning)
         loss, metric = self._validate()
         self._record("end", loss=loss, metric=metric)
         self._save_outputs()

@@ -252,14 +252,32 @@ class SLNode:
     # ------------------------------------------------------------------ rounds
 
     async def _finish(self, s: _Session, frame: Frame, note: Callable[[str], None]) -> Frame:
+        """Contribute the final model round after round until every participant has finished.
+
+        If the peers vanish after at least one final round (quorum timeout), the last merged model is
+        returned with a ``warning``: training here is over and the model is good, only the common final
+        model could not be agreed on.
+        """
         mode = str(frame.header.get("mode", "snapshot"))
         final_local = frame.payload
         header = dict(frame.header)
+        last: _RoundResult | None = None
         while True:
             contribution = s.last_merged if mode == "active" and s.last_merged else final_local
             if mode == "inactive":
                 header["weight"] = 0
-            result = await self._sync(s, contribution, header, final=True, note=note)
+            try:
+                result = await self._sync(s, contribution, header, final=True, note=note)
+            except RoundFailed as exc:
+                if last is None:
+                    raise
+                warning = (
+                    f"stopped waiting for the other peers to finish ({exc}); keeping round {last.round_no}"
+                )
+                note(warning)
+                reply = last.reply()
+                return Frame(reply.header | {"warning": warning}, reply.payload)
+            last = result
             if result.all_final:
                 note(
                     f"round {result.round_no}: every participant has finished; final model "
