@@ -131,78 +131,95 @@ def run(config: MergeConfig) -> PartResult:
                 )
         if not ns:
             continue
-        t0 = time.perf_counter()
-        models = synthetic_models(max(ns), shapes)
-        log(f"merge: {max(ns)} models of P={human(p)} generated in {time.perf_counter() - t0:.1f} s")
-        as_numpy = [[t.numpy() for t in m.values()] for m in models]
-        _warm_up(merge)
-        bws: dict[int, Bandwidth] = {}
-        for n in ns:
-            sub, w = models[:n], peer_weights(n)
-            # Re-measured per cell (noisy machines), with the cell's footprint (small ones run in cache).
-            bw = bws[n] = measure_copy_bandwidth(copy_size_for(merge_bytes(n, p)))
-            baselines[f"copy GB/s N={n} P={human(p)}"] = bw.bytes_per_second / 1e9
-            bound = bound_seconds(merge_bytes(n, p), bw)
-            log(
-                f"merge: N={n} P={human(p)}: copy bandwidth {bw.bytes_per_second / 1e9:.1f} GB/s "
-                f"({bw.how}), bound {bound * 1e3:.2f} ms"
-            )
-            for method in METHODS:
-                predicted = per_elem.get(method, 0.0) * n * p
-                base: dict[str, Value] = {"method": method, "impl": "swarm merge", "N": n, "P": human(p)}
-                if predicted > config.budget_s:
-                    rows.append(
-                        Row(
-                            "merge",
-                            f"{method} N={n} P={human(p)}",
-                            base,
-                            {"bound_s": bound},
-                            f"skipped: predicted {predicted:.0f} s > budget {config.budget_s:.0f} s",
-                        )
-                    )
-                    continue
-
-                def call(
-                    method: str = method, sub: list[dict[str, torch.Tensor]] = sub, w: list[int] = w
-                ) -> object:
-                    return merge(method, sub, [float(x) for x in w], trim_fraction=TRIM)
-
-                seconds, result = best_time(call)
-                per_elem[method] = max(per_elem.get(method, 0.0), seconds / (n * p))
-                iterations = getattr(result, "iterations", 0)
-                metrics: dict[str, float | int | str | None] = {
-                    "seconds": seconds,
-                    "bound_s": bound,
-                    "x_bound": seconds / bound,
-                }
-                if method == "geomedian":
-                    metrics["iterations"] = iterations
-                    metrics["x_bound_per_pass"] = seconds / (bound * (iterations + 1))
-                rows.append(Row("merge", f"{method} N={n} P={human(p)}", base, metrics))
-                xb = seconds / bound
-                log(f"merge: swarm {method} N={n} P={human(p)}: {seconds:.3f} s = {xb:.2f}x bound")
-                del result
-            layers = as_numpy[:n]
-            for label, fn in (
-                ("numpy weighted mean", lambda layers=layers, w=w: numpy_weighted_mean(layers, w)),
-                ("numpy median", lambda layers=layers: numpy_median(layers)),
-            ):
-                method = "mean" if "mean" in label else "coordmedian"
-                seconds, _ = best_time(fn)
-                rows.append(
-                    Row(
-                        "merge",
-                        f"{label} N={n} P={human(p)}",
-                        {"method": method, "impl": label, "N": n, "P": human(p)},
-                        {"seconds": seconds, "bound_s": bound, "x_bound": seconds / bound},
-                    )
-                )
-                log(f"merge: {label} N={n} P={human(p)}: {seconds:.3f} s")
-        del models, as_numpy, sub
-        gc.collect()
+        cell_rows, bws = _swarm_and_numpy(merge, p, shapes, ns, per_elem, baselines, config)
+        rows += cell_rows
+        gc.collect()  # the models died with _swarm_and_numpy: the Flower worker needs the memory
         rows += _flower_rows(p, shapes, ns, bws, config)
     _add_flower_ratios(rows)
     return PartResult("merge", tuple(rows), baselines, summary=tuple(_summary(rows)))
+
+
+def _swarm_and_numpy(
+    merge: Callable[..., object],
+    p: int,
+    shapes: list[tuple[int, ...]],
+    ns: list[int],
+    per_elem: dict[str, float],
+    baselines: dict[str, Value],
+    config: MergeConfig,
+) -> tuple[list[Row], dict[int, Bandwidth]]:
+    """Time this project's merge and the NumPy baselines for every N at one P; per-N copy bandwidths.
+
+    A function of its own so that the models (up to 6.4 GB) are freed when it returns."""
+    rows: list[Row] = []
+    t0 = time.perf_counter()
+    models = synthetic_models(max(ns), shapes)
+    log(f"merge: {max(ns)} models of P={human(p)} generated in {time.perf_counter() - t0:.1f} s")
+    as_numpy = [[t.numpy() for t in m.values()] for m in models]
+    _warm_up(merge)
+    bws: dict[int, Bandwidth] = {}
+    for n in ns:
+        sub, w = models[:n], peer_weights(n)
+        # Re-measured per cell (noisy machines), with the cell's footprint (small ones run in cache).
+        bw = bws[n] = measure_copy_bandwidth(copy_size_for(merge_bytes(n, p)))
+        baselines[f"copy GB/s N={n} P={human(p)}"] = bw.bytes_per_second / 1e9
+        bound = bound_seconds(merge_bytes(n, p), bw)
+        log(
+            f"merge: N={n} P={human(p)}: copy bandwidth {bw.bytes_per_second / 1e9:.1f} GB/s "
+            f"({bw.how}), bound {bound * 1e3:.2f} ms"
+        )
+        for method in METHODS:
+            predicted = per_elem.get(method, 0.0) * n * p
+            base: dict[str, Value] = {"method": method, "impl": "swarm merge", "N": n, "P": human(p)}
+            if predicted > config.budget_s:
+                rows.append(
+                    Row(
+                        "merge",
+                        f"{method} N={n} P={human(p)}",
+                        base,
+                        {"bound_s": bound},
+                        f"skipped: predicted {predicted:.0f} s > budget {config.budget_s:.0f} s",
+                    )
+                )
+                continue
+
+            def call(
+                method: str = method, sub: list[dict[str, torch.Tensor]] = sub, w: list[int] = w
+            ) -> object:
+                return merge(method, sub, [float(x) for x in w], trim_fraction=TRIM)
+
+            seconds, result = best_time(call)
+            per_elem[method] = max(per_elem.get(method, 0.0), seconds / (n * p))
+            iterations = getattr(result, "iterations", 0)
+            metrics: dict[str, float | int | str | None] = {
+                "seconds": seconds,
+                "bound_s": bound,
+                "x_bound": seconds / bound,
+            }
+            if method == "geomedian":
+                metrics["iterations"] = iterations
+                metrics["x_bound_per_pass"] = seconds / (bound * (iterations + 1))
+            rows.append(Row("merge", f"{method} N={n} P={human(p)}", base, metrics))
+            xb = seconds / bound
+            log(f"merge: swarm {method} N={n} P={human(p)}: {seconds:.3f} s = {xb:.2f}x bound")
+            del result
+        layers = as_numpy[:n]
+        for label, fn in (
+            ("numpy weighted mean", lambda layers=layers, w=w: numpy_weighted_mean(layers, w)),
+            ("numpy median", lambda layers=layers: numpy_median(layers)),
+        ):
+            method = "mean" if "mean" in label else "coordmedian"
+            seconds, _ = best_time(fn)
+            rows.append(
+                Row(
+                    "merge",
+                    f"{label} N={n} P={human(p)}",
+                    {"method": method, "impl": label, "N": n, "P": human(p)},
+                    {"seconds": seconds, "bound_s": bound, "x_bound": seconds / bound},
+                )
+            )
+            log(f"merge: {label} N={n} P={human(p)}: {seconds:.3f} s")
+    return rows, bws
 
 
 def _skip_row(n: int, p: int, why: str) -> Row:

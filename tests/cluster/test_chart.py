@@ -146,6 +146,7 @@ def test_rbac_is_least_privilege(cluster: Cluster) -> None:
     for kind in ("swarmnetworks", "learningnodes", "swarmtasks"):
         expected |= {("swarmlearning.dev", kind, v) for v in ("get", "list", "watch", "patch", "update")}
         expected |= {("swarmlearning.dev", f"{kind}/status", v) for v in ("get", "patch", "update")}
+        expected |= {("swarmlearning.dev", f"{kind}/finalizers", "update")}
     expected |= {("", "pods", v) for v in ("get", "list", "watch", "create", "delete", "patch")}
     expected |= {("", "pods/status", "get")}
     for resource in ("services", "secrets", "configmaps", "persistentvolumeclaims"):

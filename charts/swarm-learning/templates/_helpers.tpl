@@ -53,6 +53,10 @@ app.kubernetes.io/part-of: swarm-learning
 - apiGroups: [swarmlearning.dev]
   resources: [swarmnetworks/status, learningnodes/status, swarmtasks/status]
   verbs: [get, patch, update]
+# Owner references with blockOwnerDeletion need this where OwnerReferencesPermissionEnforcement is on.
+- apiGroups: [swarmlearning.dev]
+  resources: [swarmnetworks/finalizers, learningnodes/finalizers, swarmtasks/finalizers]
+  verbs: [update]
 - apiGroups: [""]
   resources: [pods]
   verbs: [get, list, watch, create, delete, patch]
