@@ -251,8 +251,8 @@ def test_task_pod_env_carries_sync_parameters() -> None:
     assert env["SWARM_SYNC_FREQUENCY"] == "8"
     assert env["SWARM_MIN_PEERS"] == "2" and env["SWARM_MAX_PEERS"] == "3"
     assert env["SWARM_MERGE_METHOD"] == "trimmedmean" and env["SWARM_TRIM_FRACTION"] == "0.2"
-    assert env["SWARM_CONTRACT"] == "c1"
-    assert env["SWARM_ADAPTIVE_SYNC"] == "true"
+    assert env["SWARM_TRAINING_CONTRACT"] == "c1"
+    assert env["SWARM_USE_ADAPTIVE_SYNC"] == "true"
     assert env["SWARM_NODE_WEIGHTAGE"] == "7"
     assert env["SWARM_TOTAL_EPOCHS"] == "4"
     assert env["SL_WAIT_FOR_FULL_QUORUM_SECONDS"] == "5"
@@ -347,3 +347,65 @@ def test_model_location_per_data_source() -> None:
         == "hostpath://node-1/srv/site/swarm-output/train"
     )
     assert tb.model_location("train", _peer(data={"emptyDir": True}), "node-1") is None
+
+
+def test_task_pod_env_is_what_the_callback_reads() -> None:
+    """Contract between the operator and the node runtime: the ML container's sync variables are
+    exactly the ones SwarmCallback reads, and parse to the task's values."""
+    from swarmlearning.pyt.params import ENV_OVERRIDES, env_overrides
+
+    spec = _task(
+        sync={
+            "frequency": 8,
+            "minPeers": 2,
+            "maxPeers": 3,
+            "mergeMethod": "krum",
+            "byzantine": 1,
+            "fullQuorumWaitSeconds": 5,
+            "leaderFailureTimeoutSeconds": 60,
+            "quorumTimeoutSeconds": 120,
+            "adaptive": True,
+            "checkinModelOnTrainEnd": "inactive",
+            "contract": "c1",
+        },
+        totalEpochs=4,
+    )
+    pod = tb.task_pod(TASK, spec, _peer(nodeWeightage=7), 0, ["net-sn.ns1.svc:30304"])
+    _, ml = _containers(pod)
+    env = _env(ml)
+    rendered = {k for k in env if k.startswith("SWARM_")}
+    unset = set(ENV_OVERRIDES) - rendered
+    assert not unset, f"callback variables the operator does not set: {sorted(unset)}"
+    params = env_overrides(env)
+    assert params == {
+        "trainingContract": "c1",
+        "syncFrequency": 8,
+        "minPeers": 2,
+        "maxPeers": 3,
+        "mergeMethod": "krum",
+        "trimFraction": 0.1,
+        "byzantine": 1,
+        "useAdaptiveSync": True,
+        "checkinModelOnTrainEnd": "inactive",
+        "nodeWeightage": 7,
+        "totalEpochs": 4,
+        "fullQuorumWaitSeconds": 5.0,
+        "leaderFailureTimeoutSeconds": 60.0,
+        "quorumTimeoutSeconds": 120.0,
+    }
+
+
+def test_task_pod_sl_env_is_what_the_sl_node_reads() -> None:
+    """The SL container's variables cover everything `python -m swarmlearning.sl` requires."""
+    import re
+    from pathlib import Path
+
+    import swarmlearning.sl.main as sl_main
+
+    source = Path(sl_main.__file__).read_text()
+    read = set(re.findall(r"\"(SWARM_[A-Z_]+)\"", source)) - {"SWARM_SL_FAULT", "SWARM_LOG_LEVEL"}
+    read -= {"SWARM_SL_LINGER_SECONDS"}  # optional, has a default
+    pod = tb.task_pod(TASK, _task(), _peer(), 0, ["net-sn.ns1.svc:30304"])
+    sl, _ = _containers(pod)
+    missing = read - set(_env(sl))
+    assert not missing, f"SL variables the operator does not set: {sorted(missing)}"

@@ -26,6 +26,7 @@ Handler = Callable[[argparse.Namespace], "int | None"]
 
 EXTENSIONS = (
     ("swarmlearning.local.cli", "run", "run a swarm locally: SN, SL and ML nodes as processes on loopback"),
+    ("swarmlearning.sl.cli", "sl", "SL nodes: the process paired with each ML program"),
     ("swarmlearning.cli.cluster", "cluster", "views of SwarmNetworks, LearningNodes and SwarmTasks"),
 )
 
