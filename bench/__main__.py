@@ -87,7 +87,15 @@ def main(argv: list[str] | None = None) -> int:
         "--only", choices=PARTS, action="append", help="run only this part (repeatable); default: all parts"
     )
     parser.add_argument("--quick", action="store_true", help="small sizes for development")
+    parser.add_argument("--replot", action="store_true", help="only redraw the PNGs from latest.json")
     args = parser.parse_args(argv)
+    if args.replot:
+        from bench.plots import plot_part
+        from bench.results import from_json
+
+        for saved in from_json((RESULTS / "latest.json").read_text())[0]:
+            log(f"plotted {plot_part(saved, RESULTS)}")
+        return 0
     parts = [p for p in ORDER if not args.only or p in args.only]
     ensure_bench_venv()
     from bench.plots import plot_part

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import venv
@@ -42,6 +43,18 @@ def ensure_bench_venv() -> Path:
     )
     STAMP.write_text(wanted)
     return bench_python()
+
+
+FAILURES = REPO / "bench" / "results" / "failures"
+
+
+def keep_logs(logs: Path, name: str) -> None:
+    """Copy a failed run's log folder to bench/results/failures/<name> (temporary folders vanish)."""
+    if logs.is_dir():
+        dest = FAILURES / name
+        shutil.rmtree(dest, ignore_errors=True)
+        shutil.copytree(logs, dest)
+        log(f"logs of the failed run kept in {dest}")
 
 
 def flower_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:

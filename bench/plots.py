@@ -66,7 +66,7 @@ def _bars(
     cases = [r for r in rows if any(_num(r, k) is not None for k, _ in keys)]
     if not cases:
         return None
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(cases) * len(keys) / 2), 4.5))
+    fig, ax = plt.subplots(figsize=(min(14.0, max(6.0, 0.25 * len(cases) * len(keys) + 2)), 4.5))
     width = 0.8 / len(keys)
     for j, (key, label) in enumerate(keys):
         xs = [i + j * width for i in range(len(cases))]

@@ -36,7 +36,7 @@ import yaml
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from bench.envs import REPO, ensure_bench_venv, flower_env
+from bench.envs import REPO, ensure_bench_venv, flower_env, keep_logs
 from bench.results import PartResult, Row, log, num
 
 DATASETS = ("digits", "breast_cancer")
@@ -228,7 +228,11 @@ def real_swarm(dataset: str, split: str, n: int, work: Path) -> Any:
     raw.setdefault("split", {})["kind"] = split
     cfg_path.write_text(yaml.safe_dump(raw))
     lines: list[str] = []
-    return run_example(folder / "example", nodes=n, out=folder / "run", emit=lines.append)
+    try:
+        return run_example(folder / "example", nodes=n, out=folder / "run", emit=lines.append)
+    except Exception:
+        keep_logs(folder / "run" / "logs", f"quality-{dataset}-{split}-{n}")
+        raise
 
 
 def run(config: QualityConfig) -> PartResult:

@@ -15,6 +15,7 @@ The first round (connections, imports, allocation) is excluded from the medians.
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import statistics
 import tempfile
@@ -22,9 +23,11 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import yaml
 
+from bench.envs import keep_logs
 from bench.flower_deployment import run_flower_rounds
 from bench.limits import Bandwidth, bound_seconds, measure_tls_loopback_bandwidth, round_bytes
 from bench.results import PartResult, Row, log, num
@@ -81,7 +84,15 @@ def swarm_rounds(n: int, shapes: Sequence[tuple[int, ...]], rounds: int, work: P
     (example / "swarm.yaml").write_text(yaml.safe_dump(raw))
     config = replace(load_config(example, nodes=n))
     run_dir = example / "run"
-    with LocalSwarm(config, run_dir) as swarm:
+    try:
+        return _run_swarm(LocalSwarm, config, run_dir)
+    except Exception:
+        keep_logs(run_dir / "logs", f"rounds-{n}-{sum(math.prod(s) for s in shapes)}")
+        raise
+
+
+def _run_swarm(local_swarm: Any, config: Any, run_dir: Path) -> list[float]:
+    with local_swarm(config, run_dir) as swarm:
         swarm.prepare()
         swarm.start_all()
         codes = swarm.wait_ml(timeout=config.timeout_seconds)
@@ -136,6 +147,7 @@ def _cell(
         metrics["swarm_s"] = s
         if s is not None:
             metrics["swarm_x_bound"] = s / bound
+        notes.append("swarm rounds " + ", ".join(f"{x:.2f}" for x in lat) + " s")
         log(
             f"{config.part}: swarm N={n} P={human(p)}: rounds "
             + ", ".join(f"{x:.2f}" for x in lat)
@@ -149,6 +161,7 @@ def _cell(
             fl = run_flower_rounds(n, shapes, config.rounds)
             f = steady(fl.round_s)
             metrics["flower_s"] = f
+            notes.append("Flower rounds " + ", ".join(f"{x:.2f}" for x in fl.round_s) + " s")
             if f is not None:
                 metrics["flower_x_bound"] = f / bound
                 notes.append(

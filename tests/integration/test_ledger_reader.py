@@ -1,10 +1,18 @@
-"""The operator's ledger reader against a real SN (etcd with mTLS and auth), fed by real ledger clients."""
+"""The operator's ledger reader against a real SN (etcd with mTLS and auth).
+
+The main test reads the ledger of a real local swarm (SN, SL and ML processes of the digits example,
+torn down by :class:`~swarmlearning.local.runner.LocalSwarm`); the others feed the SN with real ledger
+clients to check background reads, user provisioning and an unreachable SN.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import math
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,12 +20,15 @@ from swarm_operator.certificates import KeyPair
 from swarm_operator.ledger_reader import LedgerReader, LedgerUnavailable
 from swarmlearning import pki
 from swarmlearning.ledger import Ledger
+from swarmlearning.local.config import RunConfig, load_config
+from swarmlearning.local.runner import LocalSwarm, tail
 
 from tests.integration.conftest import SNCluster, SwarmCA
 
 pytestmark = pytest.mark.integration
 
 WAIT = 30.0
+DIGITS = Path(__file__).resolve().parents[2] / "examples" / "local" / "digits"
 
 
 def _ca(swarm_ca: SwarmCA) -> KeyPair:
@@ -46,59 +57,70 @@ def _until(fn: Callable[[], Any], what: str) -> Any:
         time.sleep(0.1)
 
 
-def _two_rounds(cluster: SNCluster) -> None:
-    """alice and bob train contract `job` for two rounds; the leader records per-node loss and metric."""
-    alice, bob = cluster.provision("alice"), cluster.provision("bob")
-
-    async def go() -> None:
-        a = await Ledger.connect(cluster.endpoints, alice)
-        b = await Ledger.connect(cluster.endpoints, bob)
-        try:
-            for i, n in enumerate((a, b)):
-                await n.register_member(f"127.0.0.1:{41000 + i}", leader_eligible=True, ttl_s=5)
-            await a.ensure_contract("job", {"min_peers": 2})
-            for r in (1, 2):
-                for n in (a, b):
-                    await n.mark_ready("job", r, digest=n.name, weight=1, samples=10)
-                close = await a.close_round("job", r, min_peers=2, full_quorum_wait_s=0, timeout_s=10)
-                leader = a if close.leader == "alice" else b
-                async with leader.hold_leadership("job", r, 0, ttl_s=5):
-                    await leader.commit_round(
-                        "job",
-                        r,
-                        0,
-                        participants=list(close.names),
-                        weights={},
-                        input_digests={},
-                        merged_digest=f"m{r}",
-                        merge_method="mean",
-                        rejected={},
-                        extra={"loss": {"alice": 1.0 / r, "bob": 2.0 / r}, "metric": {"alice": 0.5 + r / 10}},
-                    )
-        finally:
-            await a.close()
-            await b.close()
-
-    asyncio.run(go())
+def _digits_swarm(nodes: int) -> RunConfig:
+    """The digits example, shortened to a couple of epochs with short timeouts (2 nodes: ~20 s)."""
+    base = load_config(DIGITS)
+    swarm = {
+        "sync_frequency": 4,
+        "min_peers": nodes,
+        "merge_method": "mean",
+        "full_quorum_wait": 2,
+        "leader_failure_timeout": 6,
+        "quorum_timeout": 30,
+    }
+    train = {"epochs": 2, "batch_size": 32, "lr": 0.1}
+    return dataclasses.replace(base, nodes=nodes, train=train, swarm=swarm, timeout_seconds=120)
 
 
-def test_reader_sees_height_rounds_and_per_node_progress(
-    sn_cluster: Callable[[int], SNCluster], swarm_ca: SwarmCA, reader: LedgerReader
+def test_reader_reports_a_real_swarm_with_per_node_loss_and_metric(
+    tmp_path: Path, reader: LedgerReader
 ) -> None:
-    cluster = sn_cluster(1)
-    _two_rounds(cluster)
-    view = reader.read(cluster.endpoints, _ca(swarm_ca), "job")
-    assert view.round == 2
-    assert view.height >= 6  # 2 members, 1 contract, 2 x (close + round)
-    assert (
-        view.nodes["alice"].round == 2
-        and view.nodes["alice"].loss == 0.5
-        and view.nodes["alice"].metric == 0.7
-    )
-    assert view.nodes["bob"].loss == 1.0 and view.nodes["bob"].metric is None
-    assert {r.kind for r in view.records} >= {"contract", "close", "round"}
-    # another contract has no rounds
-    assert reader.read(cluster.endpoints, _ca(swarm_ca), "other").round == 0
+    """Real SN, SL and ML processes train the digits example; while the SN still runs, the reader (the
+    operator's read-only `swarm-reader` identity, provisioned with its admin identity) reads the ledger."""
+    cfg = _digits_swarm(2)
+    names = cfg.node_names()
+    with LocalSwarm(cfg, tmp_path / "run") as swarm:
+        swarm.prepare()
+        swarm.start_all()
+        codes = swarm.wait_ml(timeout=cfg.timeout_seconds, fail_fast=True)
+        assert codes == dict.fromkeys(names, 0), {
+            n: tail(swarm.nodes[n].ml.log_path, 15)
+            for n, c in codes.items()
+            if c  # type: ignore[union-attr]
+        }
+        truth = swarm.ledger_snapshot()  # read with the root admin identity, for comparison
+        ca = KeyPair(
+            cert=(swarm.ca_dir / pki.CA_CERT).read_bytes(), key=(swarm.ca_dir / pki.CA_KEY).read_bytes()
+        )
+        rounds = [r for r in truth.records if r.kind == "round"]
+        contracts = {r.contract for r in rounds}
+        assert len(contracts) == 1, contracts
+        (contract,) = contracts
+        view = reader.read([swarm.sn_endpoint], ca, contract)
+        other = reader.read([swarm.sn_endpoint], ca, "no-such-contract")
+        metrics = swarm.metrics()
+
+    assert truth.head is not None
+    assert view.height == truth.head[0] + 1 == len(truth.records)
+    latest = max(int(r.body["round"]) for r in rounds)
+    assert latest >= 3, "the run was too short to merge trained models"
+    assert view.round == latest
+    assert set(view.nodes) == set(names) == {p for r in rounds for p in r.body["participants"]}
+    # Round 1 only hands out the starting model; from round 2 on every node has validated a merged model.
+    for rec in view.records:
+        if rec.kind == "round" and int(rec.body["round"]) > 1:
+            extra = rec.body["extra"]
+            for key in ("loss", "metric"):
+                assert set(extra[key]) == set(rec.body["participants"]), (rec.body["round"], key, extra)
+    for name in names:
+        node = view.nodes[name]
+        assert node.round == latest, (name, node)
+        assert node.loss is not None and math.isfinite(node.loss) and node.loss > 0, (name, node)
+        assert node.metric is not None and 0.0 <= node.metric <= 1.0, (name, node)
+        # The final round carries what the node's ML process measured at its last epoch end.
+        last_epoch = [r for r in metrics if r["node"] == name and r["event"] == "epoch"][-1]
+        assert (node.loss, node.metric) == (last_epoch["loss"], last_epoch["metric"]), (name, last_epoch)
+    assert other.round == 0 and other.nodes == {} and other.height == view.height
 
 
 def test_background_view_and_user_provisioning(

@@ -97,6 +97,8 @@ class SwarmCallback:
         self._batches_since_sync = 0
         self._epoch = 0
         self._prev_val_loss: float | None = None
+        self._last_val: tuple[float | None, float | None] = (None, None)
+        """Latest validation (loss, metric), sent with each sync; (None, None) without validation data."""
         self._client: ChannelClient | None = None
         self._metrics_path = os.environ.get("SWARM_METRICS_FILE")
         self._started = False
@@ -188,7 +190,8 @@ class SwarmCallback:
             "kind": kind,
             "samples": self.params.numSamples or 1,
             "weight": self.params.nodeWeightage,
-            "loss": self._prev_val_loss,
+            "loss": self._last_val[0],
+            "metric": self._last_val[1],
             "epoch": self._epoch,
             "batches": self._batches,
         }
@@ -258,7 +261,8 @@ class SwarmCallback:
     def _validate(self) -> tuple[float | None, float | None]:
         if self._val_data is None or (self._loss_fn is None and self._metric_fn is None):
             return None, None
-        return evaluate(self.model, self._val_data, self._loss_fn, self._metric_fn)
+        self._last_val = evaluate(self.model, self._val_data, self._loss_fn, self._metric_fn)
+        return self._last_val
 
     @staticmethod
     def _wrap_val_data(data: Any, batch_size: int | None) -> Any:

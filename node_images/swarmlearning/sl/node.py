@@ -10,7 +10,8 @@ One sync, seen from this node (round numbers come from the ledger, starting at 1
 3. the leader of attempt ``a`` (drawn from the close record) holds a leadership lease, fetches every
    participant's input, checks it against the digest the peer declared, rejects wrong names, shapes,
    dtypes and non-finite values, merges the rest with the contract's method, serves the result and
-   commits a signed round record (inputs, weights, digests, rejected peers);
+   commits a signed round record (inputs, weights, digests, rejected peers, and in ``extra`` the
+   latest validation loss/metric each accepted participant's ML process reported with its input);
 4. everyone else waits for that record, fetches the merged model, checks its digest against the record
    and hands it to the ML process. If the leader dies, the next attempt's leader takes over.
 
@@ -50,7 +51,8 @@ from swarmlearning.ledger import (
 )
 from swarmlearning.merge import merge, validate_peer_model
 from swarmlearning.sl.channel import Frame, encode_frame, read_frame, write_frame
-from swarmlearning.sl.peers import ModelKey, ModelStore, PeerClient, PeerError, PeerServer
+from swarmlearning.sl.peers import HeldModel, ModelKey, ModelStore, PeerClient, PeerError, PeerServer
+from swarmlearning.sl.progress import Progress, round_extra
 from swarmlearning.sl.weights import decode_state, digest, encode_state
 
 log = logging.getLogger("swarmlearning.sl")
@@ -302,6 +304,7 @@ class SLNode:
         payload = self._inject_input_fault(payload, await ledger.current_round(s.contract))
         weight = float(header.get("weight", 1))
         samples = int(header.get("samples", 1))
+        progress = Progress.from_header(header)
         quorum_timeout = float(settings.get("quorumTimeoutSeconds", 1800))
         loop = asyncio.get_running_loop()
         deadline = loop.time() + quorum_timeout
@@ -309,7 +312,7 @@ class SLNode:
         while True:
             round_no = await ledger.current_round(s.contract)
             key = ModelKey(s.contract, round_no, "input")
-            d = self.store.put(key, payload, final=final)
+            d = self.store.put(key, payload, final=final, progress=progress)
             await ledger.mark_ready(s.contract, round_no, digest=d, weight=weight, samples=samples)
             try:
                 close = await ledger.close_round(
@@ -379,14 +382,15 @@ class SLNode:
                 return_exceptions=True,
             )
             inputs: dict[str, tuple[bytes, dict[str, torch.Tensor], bool]] = {}
+            progress: dict[str, Progress] = {}
             rejected: dict[str, str] = {}
             for p, got in zip(close.participants, raw, strict=True):
                 if isinstance(got, BaseException):
                     rejected[p.name] = f"unreachable: {got}"
                     continue
-                data, is_final = got
+                progress[p.name] = got.progress  # recorded only if the input is accepted
                 try:
-                    inputs[p.name] = (data, decode_state(data), is_final)
+                    inputs[p.name] = (got.data, decode_state(got.data), got.final)
                 except Exception as exc:  # a peer's garbage must not stop the round
                     rejected[p.name] = f"not safetensors: {exc}"
             reference = _majority_structure({n: v[1] for n, v in inputs.items()}, prefer=self.cert.name)
@@ -427,6 +431,7 @@ class SLNode:
                 used_method = method
                 extra = {"selected": [accepted[i] for i in result.selected], "iterations": result.iterations}
             extra["final"] = sorted(n for n in accepted if inputs[n][2])
+            extra |= round_extra(progress, accepted)
             merged_digest = self.store.put(ModelKey(close.contract, close.round_no, "merged"), merged_bytes)
             await self._maybe_sleep_before_commit(close, attempt, note)
             record = await ledger.commit_round(
@@ -447,16 +452,15 @@ class SLNode:
         )
         return record, merged_bytes
 
-    async def _fetch_input(
-        self, close: RoundClose, name: str, endpoint: str, expected: str
-    ) -> tuple[bytes, bool]:
+    async def _fetch_input(self, close: RoundClose, name: str, endpoint: str, expected: str) -> HeldModel:
+        """A participant's round input with its finished flag and reported progress."""
         key = ModelKey(close.contract, close.round_no, "input")
         if name == self.cert.name:
             held = self.store.get(key)
             if held is None:
                 raise PeerError("own input is no longer held")
-            return held.data, held.final
-        data, final = await self.peers.fetch(
+            return held
+        return await self.peers.fetch(
             endpoint,
             close.contract,
             close.round_no,
@@ -464,7 +468,6 @@ class SLNode:
             timeout=FETCH_TIMEOUT_SECONDS,
             expected_digest=expected,
         )
-        return data, final
 
     async def _fetch_result(self, s: _Session, close: RoundClose | None, record: Record) -> bytes:
         """Download the merged model of ``record`` (leader first, then anyone who has it)."""
@@ -485,14 +488,16 @@ class SLNode:
         while loop.time() < deadline:
             for ep in endpoints:
                 try:
-                    data, _ = await self.peers.fetch(
-                        ep,
-                        record.contract,
-                        round_no,
-                        "merged",
-                        timeout=FETCH_TIMEOUT_SECONDS,
-                        expected_digest=expected,
-                    )
+                    data = (
+                        await self.peers.fetch(
+                            ep,
+                            record.contract,
+                            round_no,
+                            "merged",
+                            timeout=FETCH_TIMEOUT_SECONDS,
+                            expected_digest=expected,
+                        )
+                    ).data
                 except PeerError as exc:
                     errors.append(str(exc))
                     continue

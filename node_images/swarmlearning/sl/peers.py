@@ -4,7 +4,9 @@ The one module that talks to peers. Every SL node serves, for the rounds it keep
 round input and every merged model it has (as leader or after fetching it):
 
     GET /v1/models/{contract}/{round}/{kind}     kind = input | merged
-        200: safetensors bytes, header ``X-Swarm-Digest`` = sha256 hex of the body
+        200: safetensors bytes, header ``X-Swarm-Digest`` = sha256 hex of the body; on inputs also
+             ``X-Swarm-Final`` and, when its ML process reported them, ``X-Swarm-Loss`` /
+             ``X-Swarm-Metric`` (its latest validation loss and metric, decimal floats)
         404: not (or no longer) held here
     GET /v1/health                                200 ``{"node": name}``
 
@@ -18,12 +20,14 @@ from __future__ import annotations
 import logging
 import ssl
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import aiohttp
 from aiohttp import web
 
 from swarmlearning import pki
+from swarmlearning.sl.progress import Progress, finite
 from swarmlearning.sl.weights import digest
 
 log = logging.getLogger("swarmlearning.sl.peers")
@@ -32,6 +36,9 @@ KINDS = ("input", "merged")
 DIGEST_HEADER = "X-Swarm-Digest"
 FINAL_HEADER = "X-Swarm-Final"
 """``1`` on an input its node sent after training ended (``on_train_end``)."""
+LOSS_HEADER = "X-Swarm-Loss"
+METRIC_HEADER = "X-Swarm-Metric"
+"""Latest validation loss / metric of the input's node; absent when it reported none."""
 KEEP_ROUNDS = 8
 """Models kept per kind: enough for late fetchers and leader retries, bounded memory."""
 
@@ -52,6 +59,8 @@ class HeldModel:
     data: bytes
     digest: str
     final: bool = False
+    progress: Progress = Progress()
+    """The node's latest validation loss/metric, kept with its round input."""
 
 
 class ModelStore:
@@ -60,10 +69,12 @@ class ModelStore:
     def __init__(self) -> None:
         self._items: OrderedDict[ModelKey, HeldModel] = OrderedDict()
 
-    def put(self, key: ModelKey, data: bytes, *, final: bool = False) -> str:
-        """Store ``data`` under ``key``; returns its digest."""
+    def put(
+        self, key: ModelKey, data: bytes, *, final: bool = False, progress: Progress | None = None
+    ) -> str:
+        """Store ``data`` under ``key`` (with the node's ``progress`` for inputs); returns its digest."""
         d = digest(data)
-        self._items[key] = HeldModel(data, d, final)
+        self._items[key] = HeldModel(data, d, final, progress or Progress())
         self._items.move_to_end(key)
         same = [k for k in self._items if k.contract == key.contract and k.kind == key.kind]
         for old in sorted(same, key=lambda k: k.round_no)[:-KEEP_ROUNDS]:
@@ -118,6 +129,7 @@ class PeerServer:
                 status=404, text=f"{self.node.name} holds no {kind} model for round {round_no}"
             )
         headers = {DIGEST_HEADER: held.digest, FINAL_HEADER: "1" if held.final else "0"}
+        headers.update(progress_headers(held.progress))
         return web.Response(body=held.data, content_type="application/octet-stream", headers=headers)
 
 
@@ -147,9 +159,10 @@ class PeerClient:
         *,
         timeout: float,
         expected_digest: str | None = None,
-    ) -> tuple[bytes, bool]:
+    ) -> HeldModel:
         """GET a model from the SL server at ``endpoint`` (``host:port``) within ``timeout`` seconds;
-        returns its bytes and whether its node had finished training.
+        returns its bytes, digest, whether its node had finished training and the node's reported
+        progress (untrusted: only finite values are kept).
 
         Raises PeerError when unreachable, refused, missing, or when the body's digest differs from the
         served header or from ``expected_digest`` (the digest recorded in the ledger).
@@ -164,6 +177,7 @@ class PeerClient:
                 body = await resp.read()
                 served = resp.headers.get(DIGEST_HEADER, "")
                 final = resp.headers.get(FINAL_HEADER) == "1"
+                progress = parse_progress_headers(resp.headers)
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise PeerError(f"{url}: {type(exc).__name__}: {exc}") from exc
         actual = digest(body)
@@ -171,4 +185,18 @@ class PeerClient:
             raise PeerError(f"{url}: body digest {actual[:12]} differs from the served header {served[:12]}")
         if expected_digest is not None and actual != expected_digest:
             raise PeerError(f"{url}: digest {actual[:12]} differs from the ledger's {expected_digest[:12]}")
-        return body, final
+        return HeldModel(body, actual, final, progress)
+
+
+def progress_headers(progress: Progress) -> dict[str, str]:
+    """HTTP headers for the values ``progress`` has (``repr`` round-trips a float exactly)."""
+    out: dict[str, str] = {}
+    for header, value in ((LOSS_HEADER, progress.loss), (METRIC_HEADER, progress.metric)):
+        if (v := finite(value)) is not None:
+            out[header] = repr(v)
+    return out
+
+
+def parse_progress_headers(headers: Mapping[str, str]) -> Progress:
+    """The peer's progress from response ``headers``; missing, malformed or non-finite values are None."""
+    return Progress(finite(headers.get(LOSS_HEADER)), finite(headers.get(METRIC_HEADER)))
