@@ -18,6 +18,7 @@ from swarmlearning.etcd import EtcdClient, EtcdPermissionDenied, Put, WatchCompa
 from swarmlearning.ledger import (
     LeaderFailed,
     Ledger,
+    NotRegistered,
     QuorumTimeout,
     Record,
     RoundAlreadyCommitted,
@@ -521,3 +522,45 @@ def test_max_peers_takes_the_earliest_and_a_round_waits_for_a_leader_eligible_pe
     close, message = run(_with_nodes(cluster.endpoints, certs, body))
     assert close.names == ("alice", "carol")
     assert "none leader-eligible" in message
+
+
+def test_model_delivery_tracks_who_has_the_final_model_and_forgets_those_who_left(sn_cluster) -> None:
+    cluster = sn_cluster(1)
+    certs = [cluster.provision(n) for n in ("alice", "bob", "carol", "dave")]
+    everyone = ("alice", "bob", "carol")
+
+    async def body(nodes: list[Ledger]) -> dict[str, Any]:
+        alice, bob, carol, dave = nodes
+        seen: dict[str, Any] = {"start": await alice.model_delivery("job", 4, everyone)}
+        await alice.mark_has_model("job", 3, digest="m3")
+        await alice.mark_has_model("job", 4, digest="m4")  # replaces her round-3 mark
+        await bob.mark_fetching_model("job", 4)
+        await dave.mark_fetching_model("job", 4)  # a late joiner, not a participant
+        seen["fetching"] = await carol.model_delivery("job", 4, everyone)
+        seen["round3"] = await carol.who_has_model("job", 3)
+        with pytest.raises(EtcdPermissionDenied):  # nobody records for another node
+            await alice.etcd.put(keys.model_key("carol", "job", 4), b'{"state": "has"}')
+        await bob.close()  # leaves without the model: its lease and fetching mark go
+        await carol.mark_has_model("job", 4, digest="m4")
+        seen["bob_left"] = await alice.model_delivery("job", 4, everyone)
+        await dave.mark_has_model("job", 4, digest="m4")
+        seen["done"] = await alice.model_delivery("job", 4, everyone)
+        seen["who"] = await carol.who_has_model("job", 4)
+        solo = await Ledger.connect(cluster.endpoints, certs[3])
+        try:
+            with pytest.raises(NotRegistered, match="register_member"):
+                await solo.mark_fetching_model("job", 4)
+        finally:
+            await solo.close()
+        return seen
+
+    seen = run(_with_nodes(cluster.endpoints, certs, body))
+    assert seen["start"].waiting_for == everyone and seen["start"].has == ()
+    fetching = seen["fetching"]
+    assert fetching.has == ("alice",) and fetching.waiting_for == ("bob", "carol", "dave")
+    assert fetching.needed_by == 4 and not fetching.complete
+    assert seen["round3"] == []
+    left = seen["bob_left"]
+    assert left.waiting_for == ("dave",) and left.left == ("bob",)
+    assert seen["done"].complete and seen["done"].has == ("alice", "carol", "dave")
+    assert seen["who"] == ["alice", "carol", "dave"]

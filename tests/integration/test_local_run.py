@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -61,11 +62,19 @@ def test_example_runs_with_swarmctl(example: Path, tmp_path: Path) -> None:
 
 @pytest.mark.integration
 def test_interrupt_tears_down_every_process(tmp_path: Path) -> None:
+    # A copy of the example that trains far longer than the test waits, so the run is surely still
+    # going (every process alive) when Ctrl-C arrives, however fast the machine is.
+    example = tmp_path / "breast_cancer"
+    shutil.copytree(ROOT / "examples" / "local" / "breast_cancer", example)
+    yaml_path = example / "swarm.yaml"
+    text = yaml_path.read_text()
+    assert "epochs: 10," in text
+    yaml_path.write_text(text.replace("epochs: 10,", "epochs: 1000,"))
     out = tmp_path / "run"
     log = tmp_path / "swarmctl.out"
     with open(log, "wb") as fh:
         proc = subprocess.Popen(
-            [*SWARMCTL, "run", str(ROOT / "examples" / "local" / "breast_cancer"), "--out", str(out)],
+            [*SWARMCTL, "run", str(example), "--out", str(out)],
             stdout=fh,
             stderr=subprocess.STDOUT,
             start_new_session=True,

@@ -8,7 +8,6 @@ in the context manager, also when an assertion fails.
 from __future__ import annotations
 
 import asyncio
-import calendar
 import dataclasses
 import socket
 import ssl
@@ -32,13 +31,17 @@ T = TypeVar("T")
 
 
 def small_config(nodes: int, *, train: dict[str, Any] | None = None, **swarm: Any) -> RunConfig:
-    """The digits example, shortened: few epochs, short timeouts."""
+    """The digits example, shortened: few epochs, short timeouts.
+
+    ``full_quorum_wait`` is generous on purpose: a round closes as soon as every live member is ready,
+    so it costs nothing on an idle machine, while a node slowed by CPU load still makes every round.
+    """
     base = load_config(DIGITS)
     sw = {
         "sync_frequency": 4,
         "min_peers": 2,
         "merge_method": "mean",
-        "full_quorum_wait": 2,
+        "full_quorum_wait": 10,
         "leader_failure_timeout": 6,
         "quorum_timeout": 30,
     } | swarm
@@ -60,6 +63,10 @@ def wait_for(what: str, check: Callable[[], T | None], timeout: float, swarm: Lo
             f"--- {p.name}\n{tail(p, 6)}" for p in sorted((swarm.run_dir / "logs").glob("*.log"))
         )
     pytest.fail(f"timed out after {timeout:g}s waiting for {what}\n{logs}")
+
+
+def sl_log(swarm: LocalSwarm, name: str) -> str:
+    return (swarm.run_dir / "logs" / f"{name}-sl.log").read_text(errors="replace")
 
 
 def round_records(swarm: LocalSwarm) -> dict[int, Any]:
@@ -119,48 +126,92 @@ def test_four_node_digits_reaches_target_accuracy(tmp_path: Path) -> None:
 
 
 def test_killed_node_does_not_stop_the_swarm_and_rejoins(tmp_path: Path) -> None:
-    cfg = small_config(3, train={"epochs": 10}, full_quorum_wait=1)
-    with LocalSwarm(cfg, tmp_path / "run") as swarm:
+    """node-3 crashes, the swarm goes on without it, and the restarted node-3 rejoins from the ledger's
+    latest merged model and takes part again.
+
+    Nothing here depends on how fast the machine is: node-1/node-2 get far more rounds than the restart
+    can take (while node-3 is a live member but not ready, each of their rounds waits
+    ``full_quorum_wait`` for it), node-3 is restarted as soon as one round without it is committed,
+    and its rejoined run is short, so it finishes while the others still train.
+    """
+    long_run = {"epochs": 30}  # about 90 rounds for node-1/node-2
+    cfg = small_config(3, full_quorum_wait=2)
+    args = {"node-1": long_run, "node-2": long_run, "node-3": long_run}
+    with LocalSwarm(cfg, tmp_path / "run", node_args=args) as swarm:
         swarm.prepare()
         swarm.start_all()
-        wait_for("round 4 to be committed", lambda: 4 in round_records(swarm), 90, swarm)
+        wait_for("round 4 to be committed", lambda: 4 in round_records(swarm), 120, swarm)
         swarm.kill_node("node-3")
         killed_at = max(round_records(swarm))
-        # The swarm goes on with node-1 and node-2 (minPeers 2).
-        wait_for(
-            "two rounds merged without node-3",
-            lambda: (
-                len(
-                    [
-                        r
-                        for n, r in round_records(swarm).items()
-                        if n > killed_at and "node-3" not in r.body["participants"]
-                    ]
-                )
-                >= 2
-            ),
-            60,
-            swarm,
-        )
-        assert swarm.nodes["node-1"].ml.running() and swarm.nodes["node-2"].ml.running()  # type: ignore[union-attr]
-        rejoin_after = max(round_records(swarm))
-        # node-3 comes back with a short run so it finishes while the others still train.
-        swarm.node_args = {"node-3": {"epochs": 2}}
+
+        def round_without_node_3() -> int | None:
+            later = [
+                n
+                for n, r in round_records(swarm).items()
+                if n > killed_at and "node-3" not in r.body["participants"]
+            ]
+            return min(later) if later else None
+
+        # The swarm goes on with node-1 and node-2 (minPeers 2); node-3 comes back right away.
+        without = wait_for("a round merged without node-3", round_without_node_3, 120, swarm)
+        swarm.node_args = args | {"node-3": {"epochs": 2}}
         swarm.restart_node("node-3")
+        assert swarm.nodes["node-1"].ml.running() and swarm.nodes["node-2"].ml.running(), (  # type: ignore[union-attr]
+            "node-1/node-2 finished before node-3 was restarted; give them more epochs"
+        )
         assert_all_succeeded(swarm, ["node-1", "node-2", "node-3"])
+        rounds = round_records(swarm)
         rows = [r for r in swarm.metrics() if r["node"] == "node-3"]
         joins = [r for r in rows if r["event"] == "join"]
         assert joins, "restarted node-3 did not join from the latest merged model"
-        assert joins[-1]["round"] >= rejoin_after
+        joined = joins[-1]["round"]
+        assert joined >= without, (joined, without)
         # What it loaded is exactly the merged model the ledger recorded for that round.
-        assert joins[-1]["digest"] == round_records(swarm)[joins[-1]["round"]].body["merged_digest"]
+        assert joins[-1]["digest"] == rounds[joined].body["merged_digest"]
+        assert f"joining from the merged model of round {joined}" in sl_log(swarm, "node-3")
         later = [
             n
             for n, c in close_records(swarm).items()
-            if n > joins[-1]["round"] and "node-3" in [p["name"] for p in c.body["participants"]]
+            if n > joined and "node-3" in [p["name"] for p in c.body["participants"]]
         ]
         assert later, "node-3 took part in no round after rejoining"
+        assert "node-3" in rounds[max(rounds)].body["participants"]  # and in the final one
         assert_identical(final_models(swarm, ["node-1", "node-2", "node-3"]))
+
+
+def test_a_participant_slow_to_fetch_the_final_model_still_gets_it(tmp_path: Path) -> None:
+    """The final round's leader keeps serving until the slow participant recorded having the model (the
+    linger time is only an upper bound, set far above the fetch delay here), then exits on its own."""
+    cfg = small_config(2, train={"epochs": 1})
+    delay = 6  # more than the 2 s that SL nodes used to linger
+    env = {n: {"SWARM_SL_FAULT": f"fetch-sleep:{delay}"} for n in cfg.node_names()}
+    with LocalSwarm(cfg, tmp_path / "run", node_env=env, sl_linger_seconds=300) as swarm:
+        swarm.prepare()
+        swarm.start_all()
+        names = cfg.node_names()
+        assert_all_succeeded(swarm, names)
+        final = max(round_records(swarm))
+        record = round_records(swarm)[final]
+        leader = record.author
+        (slow,) = [n for n in names if n != leader]
+        # Both SL nodes stop by themselves once both hold the model, not at the 300 s maximum.
+        wait_for(
+            "both SL nodes to exit once everyone has the final model",
+            lambda: all(not swarm.nodes[n].sl.running() for n in names),  # type: ignore[union-attr]
+            120,
+            swarm,
+        )
+        assert {n: swarm.nodes[n].sl.returncode for n in names} == dict.fromkeys(names, 0)  # type: ignore[union-attr]
+        assert f"sleeping {delay}s before fetching the final merged model" in sl_log(swarm, slow)
+        lead_log = sl_log(swarm, leader)
+        assert f"serving final model of round {final} " in lead_log
+        assert f"for {slow} (1 of 2 still fetching)" in lead_log
+        digest = record.body["merged_digest"][:12]
+        for name in names:
+            text = sl_log(swarm, name)
+            assert f"every node that needs the final model {digest} has it (node-1, node-2)" in text, name
+            assert "linger maximum" not in text, name
+        assert_identical(final_models(swarm, names))
 
 
 def test_leader_killed_mid_merge_is_replaced(tmp_path: Path) -> None:
@@ -181,17 +232,20 @@ def test_leader_killed_mid_merge_is_replaced(tmp_path: Path) -> None:
 
         leader = wait_for("the round-3 leader to stall before its commit", sleeping_leader, 90, swarm)
         swarm.kill_node(leader)
-        killed = time.time()
         survivors = [n for n in swarm.nodes if n != leader]
         assert_all_succeeded(swarm, survivors)
         record = round_records(swarm)[3]
         assert record.author != leader
         assert record.body["attempt"] >= 1
         assert leader in record.body["rejected"]  # its input became unreachable with it
-        committed = calendar.timegm(time.strptime(record.time[:19], "%Y-%m-%dT%H:%M:%S"))
-        assert committed - killed <= leader_timeout + 10, (
-            "replacement leader was not found within the timeout"
+        # The survivors gave up on the dead leader by its lost lease or by leaderFailureTimeoutSeconds
+        # (not by the 120 s stall ending); what they logged says which.
+        gave_up = (
+            "attempt 0, leader {l}: the leader's lease expired before it committed; moving to attempt 1",
+            f"attempt 0, leader {{l}}: no result within {leader_timeout}s; moving to attempt 1",
         )
+        logs = [sl_log(swarm, n) for n in survivors]
+        assert any(g.format(l=leader) in text for g in gave_up for text in logs), [t[-1500:] for t in logs]
         assert_identical(final_models(swarm, survivors))
 
 
@@ -218,14 +272,21 @@ def test_peer_with_nan_or_wrong_shapes_is_rejected_and_swarm_goes_on(tmp_path: P
         names = cfg.node_names()
         assert_all_succeeded(swarm, names)
         rounds = round_records(swarm)
+        closes = close_records(swarm)
         assert len(rounds) >= 3
+        seen = {"node-3": 0, "node-4": 0}
         for n, rec in rounds.items():
             if n == 1:
                 continue
             rejected = rec.body["rejected"]
-            assert "non-finite" in rejected.get("node-3", ""), (n, rejected)
-            assert "shape" in rejected.get("node-4", ""), (n, rejected)
-            assert set(rec.body["participants"]) <= {"node-1", "node-2"}
+            assert set(rec.body["participants"]) <= {"node-1", "node-2"}, (n, rec.body["participants"])
+            # A node slowed by load may miss a round; wherever a faulty node took part, it was rejected.
+            present = {p["name"] for p in closes[n].body["participants"]}
+            for bad, reason in (("node-3", "non-finite"), ("node-4", "shape")):
+                if bad in present:
+                    assert reason in rejected.get(bad, ""), (n, rejected)
+                    seen[bad] += 1
+        assert all(seen.values()), f"a faulty node took part in no round after round 1: {seen}"
         assert_identical(final_models(swarm, names))
 
 

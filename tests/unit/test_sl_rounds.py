@@ -50,6 +50,7 @@ def _record(participants: list[str], final: list[str]) -> Record:
 
 class _Close:
     round_no = 7
+    names = ("a", "b", "rejected")
 
 
 @pytest.mark.parametrize(
@@ -61,6 +62,7 @@ def test_round_is_the_last_only_when_every_merged_participant_finished(
 ) -> None:
     result = _RoundResult.of(_Close(), _record(participants, final), b"x")  # type: ignore[arg-type]
     assert result.all_final is done
+    assert result.closed == ("a", "b", "rejected")  # everyone in the close receives the model
     reply = result.reply()
     assert reply.header["round"] == 7 and reply.payload == b"x"
 

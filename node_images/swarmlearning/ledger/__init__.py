@@ -5,13 +5,15 @@ Public interface (stable; the SL node, the operator and ``swarmctl`` use it):
 - :class:`Ledger` — ``await Ledger.connect(endpoints, node_cert)``; membership
   (``register_member``, ``members``), contracts (``ensure_contract``), rounds (``current_round``,
   ``mark_ready``, ``close_round``, ``leader_for``, ``hold_leadership``, ``commit_round``,
-  ``wait_round_result``, ``latest_round``), audit (``records``, ``snapshot``, ``verify``).
+  ``wait_round_result``, ``latest_round``), delivery of a round's merged model
+  (``mark_has_model``, ``mark_fetching_model``, ``who_has_model``, ``model_delivery``), audit
+  (``records``, ``snapshot``, ``verify``).
 - Values: :class:`Record`, :class:`Member`, :class:`Participant`, :class:`RoundClose`,
-  :class:`ChainReport`, :class:`LedgerSnapshot`.
+  :class:`ModelDelivery`, :class:`ChainReport`, :class:`LedgerSnapshot`.
 - Errors: :class:`LedgerError` and its subclasses :class:`QuorumTimeout`, :class:`LeaderFailed`,
   :class:`NotRegistered`, :class:`RoundAlreadyCommitted`; etcd errors come from
   :mod:`swarmlearning.etcd` (``EtcdPermissionDenied``, ``EtcdUnavailable``, ``EtcdTLSError``...).
-- Pure functions: :func:`verify_chain`, :func:`leader_for`, :func:`make_record`.
+- Pure functions: :func:`verify_chain`, :func:`leader_for`, :func:`make_record`, :func:`model_delivery`.
 
 Key layout and the permission table: :mod:`swarmlearning.ledger.keys`. etcd users per certificate:
 :mod:`swarmlearning.ledger.access`.
@@ -40,7 +42,15 @@ from swarmlearning.ledger.records import (
     make_record,
     verify_chain,
 )
-from swarmlearning.ledger.rounds import Member, NoEligibleLeader, Participant, RoundClose, leader_for
+from swarmlearning.ledger.rounds import (
+    Member,
+    ModelDelivery,
+    NoEligibleLeader,
+    Participant,
+    RoundClose,
+    leader_for,
+    model_delivery,
+)
 
 __all__ = [
     "GENESIS_HASH",
@@ -54,6 +64,7 @@ __all__ = [
     "LedgerError",
     "LedgerSnapshot",
     "Member",
+    "ModelDelivery",
     "NoEligibleLeader",
     "NotRegistered",
     "Participant",
@@ -66,5 +77,6 @@ __all__ = [
     "connected",
     "leader_for",
     "make_record",
+    "model_delivery",
     "verify_chain",
 ]

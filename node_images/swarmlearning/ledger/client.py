@@ -56,7 +56,16 @@ from swarmlearning.ledger.records import (
     make_record,
     verify_chain,
 )
-from swarmlearning.ledger.rounds import Member, Participant, RoundClose, leader_for
+from swarmlearning.ledger.rounds import (
+    FETCHING_MODEL,
+    HAS_MODEL,
+    Member,
+    ModelDelivery,
+    Participant,
+    RoundClose,
+    leader_for,
+    model_delivery,
+)
 
 log = logging.getLogger(__name__)
 
@@ -666,6 +675,69 @@ class Ledger:
         """The latest committed ``round`` record of ``contract`` (late joiners fetch this model)."""
         check_contract_name(contract)
         return await self._pointed(keys.latest_key(contract))
+
+    # ------------------------------------------------------------------------------ model delivery
+
+    async def mark_has_model(self, contract: str, round_no: int, *, digest: str) -> None:
+        """Record that this node holds the merged model of ``round_no`` (``digest``: its sha256).
+
+        Nodes serving a final model read these marks (:meth:`model_delivery`) to know when every
+        participant has it. The mark is not leased (it stays true after this node leaves); older
+        marks of this node for the contract are removed in the same transaction.
+        """
+        check_contract_name(contract)
+        _check_round(round_no)
+        value = canonical_json({"state": HAS_MODEL, "digest": digest})
+        await self._put_model_mark(contract, round_no, value, lease=0)
+
+    async def mark_fetching_model(self, contract: str, round_no: int) -> None:
+        """Announce that this node is about to download the merged model of ``round_no`` (a late
+        joiner), so nodes that finished keep serving it. The mark lives on the membership lease (a
+        dead fetcher holds nobody up) until :meth:`mark_has_model` replaces it."""
+        check_contract_name(contract)
+        _check_round(round_no)
+        if not self._member_lease:
+            raise NotRegistered(
+                "mark_fetching_model needs register_member() first (the mark lives on the membership lease)"
+            )
+        value = canonical_json({"state": FETCHING_MODEL})
+        await self._put_model_mark(contract, round_no, value, lease=self._member_lease)
+
+    async def _put_model_mark(self, contract: str, round_no: int, value: bytes, *, lease: int) -> None:
+        key = keys.model_key(self.name, contract, round_no)
+        await self.etcd.txn(
+            [], [Delete(keys.model_prefix(self.name, contract), key), Put(key, value, lease=lease)]
+        )
+
+    async def _model_marks(self, contract: str, round_no: int) -> tuple[frozenset[str], dict[str, str]]:
+        """Live member names and node -> mark state for the round, from one consistent read."""
+        live: set[str] = set()
+        marks: dict[str, str] = {}
+        for kv in await self.etcd.get_prefix(keys.NODES):
+            name = kv.key[len(keys.NODES) :].split("/", 1)[0]
+            if kv.key == keys.member_key(name):
+                live.add(name)
+            elif kv.key == keys.model_key(name, contract, round_no):
+                marks[name] = str(json.loads(kv.value).get("state", ""))
+        return frozenset(live), marks
+
+    async def who_has_model(self, contract: str, round_no: int) -> list[str]:
+        """Names of the nodes that recorded holding the merged model of ``round_no``, sorted."""
+        check_contract_name(contract)
+        _check_round(round_no)
+        _, marks = await self._model_marks(contract, round_no)
+        return sorted(n for n, state in marks.items() if state == HAS_MODEL)
+
+    async def model_delivery(
+        self, contract: str, round_no: int, participants: Sequence[str]
+    ) -> ModelDelivery:
+        """Which of ``participants`` (and of the live nodes announced as fetching) still need the
+        merged model of ``round_no``; participants whose membership lease expired are not waited for.
+        See :class:`swarmlearning.ledger.ModelDelivery`."""
+        check_contract_name(contract)
+        _check_round(round_no)
+        live, marks = await self._model_marks(contract, round_no)
+        return model_delivery(round_no, tuple(participants), live, marks)
 
 
 async def _first(*aws: Any) -> None:

@@ -16,6 +16,8 @@ key                                                value                        
 /swarm/nodes/<name>/member                         endpoint, leader eligibility (leased)   <name>
 /swarm/nodes/<name>/ready/<contract>/<round>       digest, weight, samples (leased)       <name>
 /swarm/nodes/<name>/leader/<contract>/<round>/<a>  leadership of attempt a (own lease)    <name>
+/swarm/nodes/<name>/models/<contract>/<round>      ``has`` the round's merged model, or   <name>
+                                                   ``fetching`` it (leased while fetching)
 =================================================  =====================================  ==========
 
 etcd users are certificate CNs (gRPC with client-cert auth). Permission table:
@@ -94,6 +96,15 @@ def ready_key(name: str, contract: str, round_no: int) -> str:
 
 def leader_key(name: str, contract: str, round_no: int, attempt: int) -> str:
     return f"{NODES}{name}/leader/{contract}/{round_no:08d}/{attempt}"
+
+
+def model_prefix(name: str, contract: str) -> str:
+    return f"{NODES}{name}/models/{contract}/"
+
+
+def model_key(name: str, contract: str, round_no: int) -> str:
+    """Whether ``name`` holds (or is fetching) the merged model of the round; one per contract."""
+    return f"{model_prefix(name, contract)}{round_no:08d}"
 
 
 def node_role(name: str) -> str:

@@ -140,3 +140,52 @@ def draw_leader(
 def leader_for(close: RoundClose, attempt: int) -> str:
     """Leader of ``attempt`` of a closed round; recomputable by anyone from the close record."""
     return draw_leader(close.participants, close.prev_hash, close.contract, close.round_no, attempt)
+
+
+HAS_MODEL = "has"
+FETCHING_MODEL = "fetching"
+
+
+@dataclass(frozen=True)
+class ModelDelivery:
+    """Who holds the merged model of one round, as far as a serving node must care (see
+    :meth:`swarmlearning.ledger.Ledger.model_delivery`)."""
+
+    round_no: int
+    has: tuple[str, ...]
+    """Nodes that recorded holding the model (live or not), sorted."""
+    waiting_for: tuple[str, ...]
+    """Live nodes that need it and have not recorded it yet: participants of the round and nodes that
+    announced they are fetching it, sorted."""
+    left: tuple[str, ...]
+    """Participants without the model whose membership lease expired (nobody waits for them), sorted."""
+
+    @property
+    def needed_by(self) -> int:
+        """How many live or finished nodes the model is served for (``has`` + ``waiting_for``)."""
+        return len(set(self.has) | set(self.waiting_for))
+
+    @property
+    def complete(self) -> bool:
+        """Every live node that needs the model has it."""
+        return not self.waiting_for
+
+
+def model_delivery(
+    round_no: int,
+    participants: tuple[str, ...],
+    live: frozenset[str],
+    marks: Mapping[str, str],
+) -> ModelDelivery:
+    """The delivery state of a round's model from ``marks`` (node -> ``has``/``fetching`` for this
+    round) and the ``live`` member names. Participants who left and never recorded the model are not
+    waited for; announced fetchers count only while they are live."""
+    has = {n for n, state in marks.items() if state == HAS_MODEL}
+    fetching = {n for n, state in marks.items() if state == FETCHING_MODEL}
+    needed = set(participants) | fetching
+    return ModelDelivery(
+        round_no=round_no,
+        has=tuple(sorted(has)),
+        waiting_for=tuple(sorted(n for n in needed - has if n in live)),
+        left=tuple(sorted(n for n in set(participants) - has if n not in live)),
+    )

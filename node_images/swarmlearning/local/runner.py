@@ -145,14 +145,16 @@ class LocalSwarm:
     """Start and supervise a local swarm; use as a context manager so everything is torn down.
 
     ``node_env``/``node_args``: per-node extra environment / train.py flag overrides (tests use them for
-    fault injection and shorter runs). ``sl_args``: extra flags for every SL node.
+    fault injection and shorter runs).
     """
 
     config: RunConfig
     run_dir: Path
     node_env: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
     node_args: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
-    sl_linger_seconds: float = 2.0
+    sl_linger_seconds: float = 30.0
+    """Upper bound of an SL node serving the final model after its ML process finished; it exits as
+    soon as every participant recorded having the model, so this only matters on slow machines."""
     nodes: dict[str, Node] = field(default_factory=dict)
     sn: Any = None
     sn_endpoint: str = ""

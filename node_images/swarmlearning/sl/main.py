@@ -55,8 +55,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--linger",
         type=float,
-        default=float(env("SWARM_SL_LINGER_SECONDS", "10")),
-        help="seconds to keep serving after the ML process finished [SWARM_SL_LINGER_SECONDS]",
+        default=float(env("SWARM_SL_LINGER_SECONDS", "60")),
+        help="after the ML process finished, serve the final model until every participant has it, "
+        "but at most this many seconds [SWARM_SL_LINGER_SECONDS]",
     )
     parser.add_argument("--log-level", default=env("SWARM_LOG_LEVEL", "INFO"))
 
@@ -78,6 +79,10 @@ def run(args: argparse.Namespace) -> int:
     host, sep, port = args.listen.rpartition(":")
     if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
         log.error("--listen must be host:port with port 0-65535, got %r", args.listen)
+        return 2
+
+    if args.linger < 0:
+        log.error("--linger (SWARM_SL_LINGER_SECONDS) must be >= 0 seconds, got %g", args.linger)
         return 2
 
     from swarmlearning.sl.node import SLConfig, SLNode

@@ -20,9 +20,18 @@ random initialisations would shrink them). After ``on_train_end`` a node keeps c
 merged or weight 0, per ``checkinModelOnTrainEnd``) until a round in which every participant has
 finished; that round's merged model is the final model of every node.
 
+End of training: every participant of that final round that holds its merged model records so in the
+ledger (``Ledger.mark_has_model``), and so does a late joiner that fetched the latest model (announced
+first with ``Ledger.mark_fetching_model``). After its ML process finished, an SL node keeps serving
+until every live participant of the final round, and every live announced fetcher, has the model
+(``Ledger.model_delivery``); participants whose membership lease expired are not waited for. The
+linger time (``--linger``) is only the upper bound, so a slow fetcher is not stranded and a normal run
+ends as soon as everyone has the model.
+
 Test-only fault injection (``SWARM_SL_FAULT``): ``nan`` / ``shape`` corrupt this node's inputs from
 round 2 on; ``leader-sleep:<seconds>:<round>`` makes the attempt-0 leader of that round sleep before
-committing (so a test can kill it mid-merge).
+committing (so a test can kill it mid-merge); ``fetch-sleep:<seconds>`` makes a non-leader sleep before
+downloading the merged model of the final round (a slow participant).
 """
 
 from __future__ import annotations
@@ -43,6 +52,7 @@ from swarmlearning.ledger import (
     LeaderFailed,
     Ledger,
     LedgerError,
+    ModelDelivery,
     NoEligibleLeader,
     QuorumTimeout,
     Record,
@@ -62,6 +72,10 @@ FETCH_TIMEOUT_SECONDS = 30.0
 """Per peer download of a model (a few MB on a LAN is well below this)."""
 RESULT_FETCH_SECONDS = 60.0
 """How long a non-leader keeps trying to download a committed merged model."""
+DEFAULT_LINGER_SECONDS = 60.0
+"""Default upper bound of serving the final model after the ML process finished."""
+_LINGER_POLL_SECONDS = 0.5
+_LINGER_SAY_EVERY_SECONDS = 5.0
 
 
 class RoundFailed(RuntimeError):
@@ -82,8 +96,10 @@ class SLConfig:
     advertise_host: str = "127.0.0.1"
     """Host peers use to reach this node's SL server; must be a SAN of the node certificate."""
     leader_eligible: bool = True
-    linger_seconds: float = 10.0
-    """After the ML process finished, keep serving models this long (late fetchers), then exit."""
+    linger_seconds: float = DEFAULT_LINGER_SECONDS
+    """After the ML process finished, keep serving the final model until every live participant of the
+    final round (and every announced late fetcher) recorded having it, but at most this many seconds
+    (>= 0; 0 = exit at once)."""
     fault: str = ""
     """Test-only fault injection, see the module docstring."""
 
@@ -100,10 +116,23 @@ class _Session:
     last_merged: bytes = b""
 
 
+@dataclass(frozen=True)
+class FinalRound:
+    """The round whose merged model this node's ML process finished with (what it serves at the end)."""
+
+    contract: str
+    round_no: int
+    participants: tuple[str, ...]
+    """Who must get the model before this node may exit (every node in the round's close)."""
+    digest: str
+
+
 class SLNode:
     """One SL node process: channel server, SL peer server, ledger client."""
 
     def __init__(self, config: SLConfig) -> None:
+        if config.linger_seconds < 0:
+            raise ValueError(f"linger_seconds={config.linger_seconds}: must be >= 0 seconds")
         self.config = config
         self.cert = pki.NodeCert.load(config.cert_dir)
         if self.cert.name != config.name:
@@ -116,11 +145,13 @@ class SLNode:
         self._done = asyncio.Event()
         self._busy = asyncio.Lock()
         self._channel: asyncio.AbstractServer | None = None
+        self._final: FinalRound | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
-        """Serve until the ML process finished (plus linger) or ``stop`` is set."""
+        """Serve until the ML process finished and everyone has the final model (at most
+        ``linger_seconds`` more), or until ``stop`` is set."""
         port = await self.server.start()
         self.endpoint = f"{self.config.advertise_host}:{port}"
         try:
@@ -145,16 +176,53 @@ class SLNode:
             for w in waiters:
                 w.cancel()
             if self._done.is_set() and not (stop and stop.is_set()):
-                log.info(
-                    "training finished; serving models %ss more for late fetchers", self.config.linger_seconds
-                )
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(
-                        stop.wait() if stop else asyncio.sleep(self.config.linger_seconds),
-                        self.config.linger_seconds,
-                    )
+                await self._serve_final_model(stop)
         finally:
             await self.close()
+
+    async def _serve_final_model(self, stop: asyncio.Event | None) -> None:
+        """Keep serving until every live node that needs the final model recorded having it in the
+        ledger (see the module docstring), at most ``linger_seconds``; logs whom it waits for."""
+        final = self._final
+        if final is None:
+            log.info("training finished without a final round to serve; SL node exiting")
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.linger_seconds
+        said = ""
+        said_at = -_LINGER_SAY_EVERY_SECONDS
+        while True:
+            try:
+                delivery: ModelDelivery | str = await self._ledger().model_delivery(
+                    final.contract, final.round_no, final.participants
+                )
+            except (EtcdError, LedgerError) as exc:
+                delivery = str(exc)
+            now = loop.time()
+            status = linger_status(final, delivery, deadline - now, self.config.linger_seconds)
+            if status.done:
+                (log.info if status.complete else log.warning)("%s", status.message)
+                return
+            # Say it when whom we wait for changes, and every few seconds.
+            if status.waiting_for != said or now - said_at >= _LINGER_SAY_EVERY_SECONDS:
+                log.info("%s", status.message)
+                said, said_at = status.waiting_for, now
+            pause = min(_LINGER_POLL_SECONDS, deadline - now)
+            if stop is None:
+                await asyncio.sleep(pause)
+                continue
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(stop.wait(), pause)
+            if stop.is_set():
+                return
+
+    async def _record_model(self, contract: str, round_no: int, digest_hex: str) -> None:
+        """Tell the ledger this node holds the round's merged model. Advisory: a failure only makes
+        the nodes serving it wait until their linger maximum, so it is logged, not raised."""
+        try:
+            await self._ledger().mark_has_model(contract, round_no, digest=digest_hex)
+        except (EtcdError, LedgerError) as exc:
+            log.warning("round %d: could not record holding the merged model: %s", round_no, exc)
 
     async def close(self) -> None:
         if self._channel is not None:
@@ -277,10 +345,13 @@ class SLNode:
                     f"stopped waiting for the other peers to finish ({exc}); keeping round {last.round_no}"
                 )
                 note(warning)
+                # No common final round: serve the last model only to nodes announced as fetching it.
+                self._final = FinalRound(s.contract, last.round_no, (), last.digest)
                 reply = last.reply()
                 return Frame(reply.header | {"warning": warning}, reply.payload)
             last = result
             if result.all_final:
+                self._final = FinalRound(s.contract, result.round_no, result.closed, result.digest)
                 note(
                     f"round {result.round_no}: every participant has finished; final model "
                     f"{result.digest[:12]}"
@@ -332,6 +403,9 @@ class SLNode:
             remaining = max(1.0, deadline - loop.time())
         result = await self._complete_round(s, close, note)
         s.last_merged = result.data
+        if result.all_final:
+            # Finished nodes serve this model until every participant recorded having it.
+            await self._record_model(s.contract, result.round_no, result.digest)
         return result
 
     async def _complete_round(
@@ -360,6 +434,7 @@ class SLNode:
                 except LeaderFailed as exc:
                     note(f"{exc}; moving to attempt {attempt + 1}")
                     continue
+                await self._maybe_sleep_before_final_fetch(record, note)
             data = await self._fetch_result(s, close, record)
             return _RoundResult.of(close, record, data)
         raise RoundFailed(
@@ -530,7 +605,16 @@ class SLNode:
         round_no = int(record.body["round"])
         close = await ledger.round_close(s.contract, round_no)
         note(f"joining from the merged model of round {round_no}")
-        return round_no, await self._fetch_result(s, close, record)
+        held = self.store.get(ModelKey(s.contract, round_no, "merged"))
+        if held is None or held.digest != record.body["merged_digest"]:
+            # Nodes that finished keep serving this model while we are announced as fetching it.
+            try:
+                await ledger.mark_fetching_model(s.contract, round_no)
+            except (EtcdError, LedgerError) as exc:
+                log.warning("round %d: could not announce fetching the merged model: %s", round_no, exc)
+        data = await self._fetch_result(s, close, record)
+        await self._record_model(s.contract, round_no, str(record.body["merged_digest"]))
+        return round_no, data
 
     # ------------------------------------------------------------------ test-only faults
 
@@ -546,6 +630,13 @@ class SLNode:
             state[name] = torch.zeros(*state[name].shape, 3, dtype=state[name].dtype)
         log.warning("fault injection: sending %s weights (tensor %r) in round %d", fault, name, round_no)
         return encode_state(state)
+
+    async def _maybe_sleep_before_final_fetch(self, record: Record, note: Callable[[str], None]) -> None:
+        fault = self.config.fault
+        if fault.startswith("fetch-sleep:") and _all_final(record.body):
+            seconds = float(fault.split(":")[1])
+            note(f"fault injection: sleeping {seconds:g}s before fetching the final merged model")
+            await asyncio.sleep(seconds)
 
     async def _maybe_sleep_before_commit(
         self, close: RoundClose, attempt: int, note: Callable[[str], None]
@@ -565,23 +656,25 @@ class _RoundResult:
     data: bytes
     digest: str
     participants: tuple[str, ...]
+    """Whose inputs were merged."""
     leader: str
     rejected: Mapping[str, str]
     all_final: bool
+    closed: tuple[str, ...] = ()
+    """Everyone in the round's close (merged or rejected): who receives the merged model."""
 
     @classmethod
     def of(cls, close: RoundClose, record: Record, data: bytes) -> _RoundResult:
         body = record.body
-        merged = tuple(body.get("participants", ()))
-        final = set((body.get("extra") or {}).get("final", ()))
         return cls(
             round_no=close.round_no,
             data=data,
             digest=str(body["merged_digest"]),
-            participants=merged,
+            participants=tuple(body.get("participants", ())),
             leader=record.author,
             rejected=dict(body.get("rejected") or {}),
-            all_final=bool(merged) and set(merged) <= final,
+            all_final=_all_final(body),
+            closed=close.names,
         )
 
     def reply(self) -> Frame:
@@ -597,6 +690,63 @@ class _RoundResult:
             },
             self.data,
         )
+
+
+@dataclass(frozen=True)
+class LingerStatus:
+    """One check of a finished SL node: may it exit, and what to log."""
+
+    done: bool
+    complete: bool
+    """Everyone who needs the final model has it (else ``done`` means the linger maximum ran out)."""
+    waiting_for: str
+    """Comma-separated names still fetching ("" when complete)."""
+    message: str
+
+
+def linger_status(
+    final: FinalRound, delivery: ModelDelivery | str, left_s: float, limit_s: float
+) -> LingerStatus:
+    """Decide whether a node serving ``final`` may exit: when ``delivery`` is complete, or when
+    ``left_s`` (seconds of the ``limit_s`` maximum) ran out. ``delivery`` is the ledger's answer,
+    or the error text when it could not be read (then the node keeps serving)."""
+    what = f"round {final.round_no} of {final.contract!r}"
+    if isinstance(delivery, ModelDelivery) and delivery.complete:
+        gone = f"; not waiting for {', '.join(delivery.left)} (left the swarm)" if delivery.left else ""
+        return LingerStatus(
+            True,
+            True,
+            "",
+            f"{what}: every node that needs the final model {final.digest[:12]} has it "
+            f"({', '.join(delivery.has) or 'none'}){gone}; SL node exiting",
+        )
+    if isinstance(delivery, ModelDelivery):
+        waiting = ", ".join(delivery.waiting_for)
+        doing = f"{len(delivery.waiting_for)} of {delivery.needed_by} still fetching"
+    else:
+        waiting = "unknown"
+        doing = f"cannot read who has it: {delivery}"
+    if left_s <= 0:
+        return LingerStatus(
+            True,
+            False,
+            waiting,
+            f"{what}: linger maximum of {limit_s:g}s reached while serving the final model for "
+            f"{waiting} ({doing}); SL node exiting (raise --linger / SWARM_SL_LINGER_SECONDS "
+            "on slow machines)",
+        )
+    return LingerStatus(
+        False,
+        False,
+        waiting,
+        f"serving final model of {what} for {waiting} ({doing}), up to {left_s:.0f}s more",
+    )
+
+
+def _all_final(body: Mapping[str, Any]) -> bool:
+    """Whether a round record is a final round: every merged participant had finished training."""
+    merged = set(body.get("participants", ()))
+    return bool(merged) and merged <= set((body.get("extra") or {}).get("final", ()))
 
 
 def _encode_interim(message: str) -> bytes:
