@@ -13,8 +13,10 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml
 	@echo ">>> Creating the Python environment in $(VENV) (first run downloads torch; later runs reuse it)"
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	@$(PY) -m pip install -q --upgrade pip setuptools wheel
-	@$(PY) -m pip install -q -e '.[dev,local]'
+	@# pip's own chatter goes to a log; it is shown only when the install fails.
+	@{ $(PY) -m pip install -q --upgrade pip setuptools wheel && \
+	   $(PY) -m pip install -q -e '.[dev,local]'; } > $(VENV)/pip.log 2>&1 || \
+	   { tail -n 40 $(VENV)/pip.log; echo "pip install failed (full log: $(VENV)/pip.log)"; exit 1; }
 	@touch $(STAMP)
 	@echo ">>> Python environment ready"
 

@@ -41,12 +41,16 @@ def copy_bandwidth(n_bytes: int = 512 << 20, repeats: int = 5) -> float:
     return 2 * src.nbytes / best
 
 
-def best_time(fn: Any, repeats: int) -> float:
-    best = float("inf")
+def best_time(fn: Any, repeats: int, min_total_s: float = 2.0) -> float:
+    """Best of up to ``repeats`` runs; stops repeating once ``min_total_s`` has been spent."""
+    best, spent = float("inf"), 0.0
     for _ in range(repeats):
         t0 = time.perf_counter()
         fn()
-        best = min(best, time.perf_counter() - t0)
+        t = time.perf_counter() - t0
+        best, spent = min(best, t), spent + t
+        if spent >= min_total_s:
+            break
     return best
 
 
