@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import signal
 import socket
 import ssl
 import time
@@ -181,7 +182,8 @@ def test_killed_node_does_not_stop_the_swarm_and_rejoins(tmp_path: Path) -> None
 
 def test_a_participant_slow_to_fetch_the_final_model_still_gets_it(tmp_path: Path) -> None:
     """The final round's leader keeps serving until the slow participant recorded having the model (the
-    linger time is only an upper bound, set far above the fetch delay here), then exits on its own."""
+    linger time is only an upper bound, set far above the fetch delay here; a first SIGTERM, which
+    Kubernetes sends once the ML container exits, does not cut it short), then exits on its own."""
     cfg = small_config(2, train={"epochs": 1})
     delay = 6  # more than the 2 s that SL nodes used to linger
     env = {n: {"SWARM_SL_FAULT": f"fetch-sleep:{delay}"} for n in cfg.node_names()}
@@ -189,10 +191,19 @@ def test_a_participant_slow_to_fetch_the_final_model_still_gets_it(tmp_path: Pat
         swarm.prepare()
         swarm.start_all()
         names = cfg.node_names()
+
+        def serving_leader() -> str | None:
+            return next((n for n in names if "serving final model" in sl_log(swarm, n)), None)
+
+        # As Kubernetes does when the ML container exits: SIGTERM to the SL node serving the model.
+        leader = wait_for(
+            "the final round's leader to serve the slow participant", serving_leader, 120, swarm
+        )
+        swarm.nodes[leader].sl.signal(signal.SIGTERM)  # type: ignore[union-attr]
         assert_all_succeeded(swarm, names)
         final = max(round_records(swarm))
         record = round_records(swarm)[final]
-        leader = record.author
+        assert record.author == leader
         (slow,) = [n for n in names if n != leader]
         # Both SL nodes stop by themselves once both hold the model, not at the 300 s maximum.
         wait_for(
@@ -204,6 +215,7 @@ def test_a_participant_slow_to_fetch_the_final_model_still_gets_it(tmp_path: Pat
         assert {n: swarm.nodes[n].sl.returncode for n in names} == dict.fromkeys(names, 0)  # type: ignore[union-attr]
         assert f"sleeping {delay}s before fetching the final merged model" in sl_log(swarm, slow)
         lead_log = sl_log(swarm, leader)
+        assert "stop signal while serving the final model" in lead_log
         assert f"serving final model of round {final} " in lead_log
         assert f"for {slow} (1 of 2 still fetching)" in lead_log
         digest = record.body["merged_digest"][:12]

@@ -2,9 +2,11 @@
 
 Minimises sum_i w_i ||x_i - z|| over the whole flattened model vector (all floating tensors together),
 starting at the weighted mean. One Weiszfeld update is z <- sum_i b_i x_i / sum_i b_i with
-b_i = w_i / ||x_i - z||. It runs layer by layer: the estimate z is kept as float64 per tensor, and the
-full-vector distances ||x_i - z|| are accumulated from per-block squared distances in the same pass that
-writes the new z, so each iteration reads every model once and never concatenates a model.
+b_i = w_i / ||x_i - z||. It runs layer by layer: the estimate z is kept as float64 per tensor (the only
+float64 copy of the model), and the full-vector distances ||x_i - z|| are accumulated from per-slice
+squared distances in the same pass that writes the new z, so each iteration reads every model once,
+in its own dtype (added into reused float64 slice buffers, no stacking, no float64 copy of an input),
+and never concatenates a model. Every sum is float64, so the stopping rules below see float64 values.
 
 Scale: "relative" below means relative to s(z) = ||z|| + the weighted median of the distances
 ||x_i - z||. The median distance keeps s positive when the median is near the origin, and a minority
@@ -29,32 +31,63 @@ import math
 
 import torch
 
-from swarmlearning.merge.layers import blocks, float_names, merge_discrete, weighted_median
+from swarmlearning.merge import layers
+from swarmlearning.merge.layers import (
+    flat_rows,
+    float_names,
+    merge_discrete,
+    slices,
+    weighted_median,
+)
 from swarmlearning.merge.types import MergeInputs, MergeResult
 
 COINCIDE_RTOL = 1e-12
 
 
+def _weighted_sum(rows: list[torch.Tensor], s: slice, coef: list[float], out: torch.Tensor) -> torch.Tensor:
+    """out <- sum_i coef_i * rows_i[s] in float64, added in place (inputs are read in their own dtype)."""
+    out.zero_()
+    for row, c in zip(rows, coef, strict=True):
+        if c:
+            out.add_(row[s], alpha=c)
+    return out
+
+
 def _update(
     inputs: MergeInputs, z: dict[str, torch.Tensor], beta: torch.Tensor, keep: float
 ) -> tuple[float, float, torch.Tensor]:
-    """One pass: z <- (1 - keep) * (beta @ x / sum beta) + keep * z, per block.
+    """One pass: z <- (1 - keep) * (beta @ x / sum beta) + keep * z, slice by slice.
 
     Returns (||z_new - z||^2, ||z_new||^2, squared distances of every model to z_new).
     """
     delta2, norm2 = 0.0, 0.0
-    d2 = torch.zeros(len(inputs.models), dtype=torch.float64)
-    b = beta / beta.sum()
+    d2 = [0.0] * len(inputs.models)
+    b = (beta / beta.sum()).tolist()
     for name in float_names(inputs.models):
-        bd = b.to(z[name].device)
-        for s, block in blocks(inputs.models, name):
-            old = z[name][s]
-            new = (1 - keep) * (bd @ block) + keep * old
-            delta2 += float((new - old).square().sum())
-            norm2 += float(new.square().sum())
-            d2 += (block - new).square().sum(dim=1).cpu()
-            z[name][s] = new
-    return delta2, norm2, d2
+        rows, zf = flat_rows(inputs.models, name), z[name]
+        new_buf, diff_buf = _buffers(zf)
+        for s in slices(zf.numel(), layers.STREAM_VALUES):
+            old = zf[s]
+            new = _weighted_sum(rows, s, b, new_buf[: old.numel()])
+            if keep:
+                new.mul_(1 - keep).add_(old, alpha=keep)
+            diff = torch.sub(new, old, out=diff_buf[: old.numel()])
+            delta2 += float(torch.dot(diff, diff))
+            norm2 += float(torch.dot(new, new))
+            for i, row in enumerate(rows):
+                torch.sub(row[s], new, out=diff)
+                d2[i] += float(torch.dot(diff, diff))
+            old.copy_(new)
+    return delta2, norm2, torch.tensor(d2, dtype=torch.float64)
+
+
+def _buffers(like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two float64 scratch slices on ``like``'s device, reused for every slice of one tensor."""
+    size = min(like.numel(), layers.STREAM_VALUES)
+    return (
+        torch.empty(size, dtype=torch.float64, device=like.device),
+        torch.empty(size, dtype=torch.float64, device=like.device),
+    )
 
 
 def _scale(norm2: float, dist: torch.Tensor, w: torch.Tensor) -> float:
@@ -65,11 +98,14 @@ def _scale(norm2: float, dist: torch.Tensor, w: torch.Tensor) -> float:
 def _residual_norm(inputs: MergeInputs, z: dict[str, torch.Tensor], beta: torch.Tensor) -> float:
     """r = ||sum_i beta_i (x_i - z)||, the pull of the non-coinciding models (Vardi-Zhang)."""
     r2 = 0.0
-    total = beta.sum()
+    total = float(beta.sum())
+    coef = beta.tolist()
     for name in float_names(inputs.models):
-        bd = beta.to(z[name].device)
-        for s, block in blocks(inputs.models, name):
-            r2 += float((bd @ block - total * z[name][s]).square().sum())
+        rows, zf = flat_rows(inputs.models, name), z[name]
+        pull_buf, _ = _buffers(zf)
+        for s in slices(zf.numel(), layers.STREAM_VALUES):
+            pull = _weighted_sum(rows, s, coef, pull_buf[: s.stop - s.start]).sub_(zf[s], alpha=total)
+            r2 += float(torch.dot(pull, pull))
     return math.sqrt(r2)
 
 

@@ -3,12 +3,14 @@
 Each contributing model i (n of them, f = ``byzantine`` assumed attackers, n >= 2f + 3) gets the score
 sum of its n - f - 2 smallest squared Euclidean distances to the other models, over the whole flattened
 model (all floating tensors; the squared distances are accumulated block by block, never concatenating
-the model). Scores ignore the weights, as in the paper: an attacker cannot buy a better score with a
-large nodeWeightage. Ties go to the lower input index.
+the model: each N x c block in the work dtype, float32 for float32/float16/bfloat16 models, gives its
+pairwise squared distances from direct differences, no ||a||^2 + ||b||^2 - 2ab cancellation between
+close models, summed over blocks in float64). Scores ignore the weights, as in the paper: an attacker
+cannot buy a better score with a large nodeWeightage. Ties go to the lower input index.
 
 - ``krum`` returns the single best-scored model unchanged.
 - ``multikrum`` averages the m best-scored models (``multikrum_keep``, default n - f) with their weights
-  renormalised among them.
+  renormalised among them (the streaming weighted mean of ``mean``).
 Integer/bool tensors come from the picked models (weighted lower median among them).
 """
 
@@ -16,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from swarmlearning.merge.layers import blocks, float_names, merge_tensorwise, weighted_sum
+from swarmlearning.merge import layers
 from swarmlearning.merge.types import MergeInputs, MergeResult
 
 
@@ -24,10 +26,16 @@ def pairwise_squared_distances(inputs: MergeInputs) -> torch.Tensor:
     """n x n float64 matrix of squared distances between the contributing models."""
     n = len(inputs.models)
     d2 = torch.zeros(n, n, dtype=torch.float64)
-    for name in float_names(inputs.models):
-        for _, block in blocks(inputs.models, name):
-            # Difference-based mode: no ||a||^2 + ||b||^2 - 2ab cancellation between close models.
-            d2 += torch.cdist(block, block, compute_mode="donot_use_mm_for_euclid_dist").square().cpu()
+    for name in layers.float_names(inputs.models):
+        work = layers.work_dtype(inputs.models[0][name].dtype)
+        for _, block in layers.blocks(inputs.models, name, work):
+            # Model i against all later ones at once ((n-1-i) x c, at most one block of scratch); each
+            # pair's sum of squares accumulated in float64.
+            for i in range(n - 1):
+                diff = block[i + 1 :] - block[i]
+                sums = diff.square_().sum(dim=1, dtype=torch.float64).cpu()
+                d2[i, i + 1 :] += sums
+                d2[i + 1 :, i] += sums
     return d2
 
 
@@ -45,7 +53,7 @@ def _merge_best(inputs: MergeInputs, keep: int) -> MergeResult:
     picked = torch.sort(scores, stable=True).indices[:keep].tolist()
     models = [inputs.models[p] for p in picked]
     weights = inputs.weights[picked]
-    state = merge_tensorwise(models, weights / weights.sum(), weighted_sum)
+    state = layers.mean_state(models, weights)
     return MergeResult(state=state, selected=tuple(sorted(inputs.indices[p] for p in picked)))
 
 

@@ -102,10 +102,10 @@ def run(args: argparse.Namespace) -> int:
 
     async def main() -> None:
         stop = asyncio.Event()
+        node = SLNode(config)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        node = SLNode(config)
+            loop.add_signal_handler(sig, node.signal_stop, stop)
         await node.run(stop)
 
     try:

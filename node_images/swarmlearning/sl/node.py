@@ -146,6 +146,7 @@ class SLNode:
         self._busy = asyncio.Lock()
         self._channel: asyncio.AbstractServer | None = None
         self._final: FinalRound | None = None
+        self._stop_deferred = False
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -179,6 +180,22 @@ class SLNode:
                 await self._serve_final_model(stop)
         finally:
             await self.close()
+
+    def signal_stop(self, stop: asyncio.Event) -> None:
+        """Handle SIGTERM/SIGINT by setting ``stop``, except the first one after the ML process
+        finished: Kubernetes sends it to the SL sidecar as soon as the ML container exits, while slower
+        participants may still need the final model from here. That one is deferred (the node stops
+        when everyone has the model, at most ``linger_seconds``, and the pod's termination grace
+        period bounds it too); a second signal stops at once."""
+        if self._done.is_set() and not self._stop_deferred and not stop.is_set():
+            self._stop_deferred = True
+            log.info(
+                "stop signal while serving the final model: stopping once every participant has it "
+                "(at most %gs); signal again to stop now",
+                self.config.linger_seconds,
+            )
+            return
+        stop.set()
 
     async def _serve_final_model(self, stop: asyncio.Event | None) -> None:
         """Keep serving until every live node that needs the final model recorded having it in the
