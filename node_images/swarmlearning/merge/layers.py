@@ -26,7 +26,7 @@ BLOCK_VALUES = 1 << 22
 STREAM_VALUES = 1 << 16
 # Per-model slice of the sorting network: its N rows and a scratch row stay in the L2 cache across the
 # O(N log^2 N) compare-exchanges.
-NETWORK_VALUES = 1 << 14
+NETWORK_VALUES = 1 << 16
 # Up to this many models the equal-weight paths sort with a sorting network of elementwise min/max
 # (vectorised, cache-resident); beyond it torch.sort is used.
 NETWORK_MAX_MODELS = 32
@@ -234,15 +234,18 @@ def sort_rows_weighted(
     """Sort an N x c block (N <= ``NETWORK_MAX_MODELS``) along the model dimension, keeping each value's
     weight: returns the sorted value rows and the float64 weight rows that go with them.
 
-    The sorting network orders (value, model index) pairs, so equal values keep the models' order, exactly
-    as a stable sort would.
+    With ``stable`` the network orders (value, model index) pairs, so equal values keep the models'
+    order, exactly as a stable sort would; without it, equal values may come in any model order (fine
+    for a median, which is a value).
     """
     n, c = block.shape
     rows = list(block.unbind(0))
     index = [torch.full((c,), i, dtype=torch.int32, device=block.device) for i in range(n)]
     for i, j in sorting_network(n):
         a, b = rows[i], rows[j]
-        swap = (a > b) | ((a == b) & (index[i] > index[j]))
+        swap = a > b
+        if stable:
+            swap |= (a == b) & (index[i] > index[j])
         rows[i], rows[j] = torch.minimum(a, b), torch.maximum(a, b)
         index[i], index[j] = torch.where(swap, index[j], index[i]), torch.where(swap, index[i], index[j])
     w = weights.to(device=block.device, dtype=torch.float64)

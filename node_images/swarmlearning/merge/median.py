@@ -9,7 +9,7 @@ outside the range of the honest values.
 
 Computed in the work dtype (float32 for float32/float16/bfloat16 models, float64 for float64 ones; the
 result is an input value or the midpoint of two, rounded once). Equal weights (the common case) take
-the middle row(s) of a sorting network (elementwise min/max over N x c blocks of 16 Ki values per model,
+the middle row(s) of a sorting network (elementwise min/max over N x c blocks of 64 Ki values per model,
 cache-resident); other weights run the same network carrying model indices and pick by float64
 cumulative weights. Above 32 models, c x N blocks are sorted with torch.sort instead.
 """
@@ -37,7 +37,7 @@ def _equal(block: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
 
 def _weighted_network(block: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """Any weights, N x c block (N <= NETWORK_MAX_MODELS): sorting network carrying model indices."""
-    rows, wrows = layers.sort_rows_weighted(block, weights)
+    rows, wrows = layers.sort_rows_weighted(block, weights, stable=False)
     return layers.median_of_sorted(rows, wrows, float(weights.sum()))
 
 

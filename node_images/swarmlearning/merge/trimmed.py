@@ -45,7 +45,7 @@ def trimmed_mean(block: torch.Tensor, weights: torch.Tensor, fraction: float) ->
 def _weighted_network(block: torch.Tensor, weights: torch.Tensor, fraction: float) -> torch.Tensor:
     """Any weights, N x c block (N <= NETWORK_MAX_MODELS): the rule of :func:`trimmed_mean` on the rows
     of a sorting network that orders equal values by model index (as the stable sort does)."""
-    rows, wrows = layers.sort_rows_weighted(block, weights)
+    rows, wrows = layers.sort_rows_weighted(block, weights, stable=True)
     total = float(weights.sum())
     cut = (fraction + layers.WEIGHT_TOL) * total
     below = torch.zeros_like(wrows[0])
