@@ -404,8 +404,17 @@ def test_task_pod_sl_env_is_what_the_sl_node_reads() -> None:
 
     source = Path(sl_main.__file__).read_text()
     read = set(re.findall(r"\"(SWARM_[A-Z_]+)\"", source)) - {"SWARM_SL_FAULT", "SWARM_LOG_LEVEL"}
-    read -= {"SWARM_SL_LINGER_SECONDS"}  # optional, has a default
     pod = tb.task_pod(TASK, _task(), _peer(), 0, ["net-sn.ns1.svc:30304"])
     sl, _ = _containers(pod)
     missing = read - set(_env(sl))
     assert not missing, f"SL variables the operator does not set: {sorted(missing)}"
+
+
+def test_task_pod_grace_period_outlasts_the_sl_linger() -> None:
+    """The SL sidecar defers SIGTERM while peers still fetch the final model, for at most its linger;
+    the kubelet must not kill it before that."""
+    pod = tb.task_pod(TASK, _task(), _peer(), 0, ["net-sn.ns1.svc:30304"])
+    sl, _ = _containers(pod)
+    linger = int(_env(sl)["SWARM_SL_LINGER_SECONDS"])
+    assert linger == tb.SL_LINGER_SECONDS
+    assert pod["spec"]["terminationGracePeriodSeconds"] > linger

@@ -229,7 +229,7 @@ def sort_rows(block: torch.Tensor) -> list[torch.Tensor]:
 
 
 def sort_rows_weighted(
-    block: torch.Tensor, weights: torch.Tensor
+    block: torch.Tensor, weights: torch.Tensor, *, stable: bool
 ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Sort an N x c block (N <= ``NETWORK_MAX_MODELS``) along the model dimension, keeping each value's
     weight: returns the sorted value rows and the float64 weight rows that go with them.

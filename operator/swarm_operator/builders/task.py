@@ -48,6 +48,10 @@ def output_subpath(task: str) -> str:
     return f"{OUTPUT_SUBDIR}/{task}"
 
 
+SL_LINGER_SECONDS = 60
+"""Longest time an SL node keeps serving the final model to slower peers after its ML program ended."""
+
+
 def sync_env(
     task: ObjectRef, spec: TaskSpec, peer: Peer, sn_endpoints: list[str]
 ) -> dict[str, str | int | float | bool]:
@@ -134,7 +138,7 @@ def task_pod(
         "restartPolicy": "Always",  # native sidecar: stopped (SIGTERM) when the ML container exits
         "command": ["python", "-m", "swarmlearning.sl"],
         "ports": [{"name": "sl", "containerPort": peer.spec.port, "protocol": "TCP"}],
-        "env": common.env({"HOME": "/tmp", **env}) + downward,
+        "env": common.env({"HOME": "/tmp", "SWARM_SL_LINGER_SECONDS": SL_LINGER_SECONDS, **env}) + downward,
         "securityContext": common.container_security_context(),
         "volumeMounts": [
             channel_mount,
@@ -166,8 +170,9 @@ def task_pod(
         ml["resources"] = resources
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
-        # The SL sidecar may still serve the last merged model to peers when the ML program ends.
-        "terminationGracePeriodSeconds": 60,
+        # After the ML program ends, the SL sidecar defers SIGTERM until every peer has the final model
+        # (at most SL_LINGER_SECONDS): the grace period must outlast that, or the kubelet kills it.
+        "terminationGracePeriodSeconds": SL_LINGER_SECONDS + 30,
         "enableServiceLinks": False,
         "automountServiceAccountToken": False,
         "securityContext": common.pod_security_context(),
