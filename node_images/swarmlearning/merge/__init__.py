@@ -13,13 +13,15 @@ Methods (one module each, behind the registry in ``registry.py``): ``mean`` (wei
 2017). Weights are non-negative numbers (nodeWeightage 1-100 times sample count, see
 :func:`contribution_weight`), normalised here; weight 0 means the model contributes nothing.
 
-Shared rules (details in each module's docstring):
-- Only a block of one layer of all N models is materialised at a time (``layers.BLOCK_VALUES`` = 256 Ki
-  float64 values in total, whatever N), so the extra memory is a few such blocks plus one output layer
-  in float64; geomedian also keeps its float64 estimate of the whole model.
-- Floating tensors are computed in float64 (long weighted sums, Weiszfeld at 1e-6 and beyond, float16
-  models whose sums would overflow) and cast back to the first model's dtype and device. Inputs on other
-  devices are moved block by block to the first model's device.
+Shared rules (details in each module's docstring and in ``layers.py``):
+- Nothing concatenates a whole model: work is per tensor, in slices (streaming passes: mean, multikrum's
+  average, geomedian) or stacked blocks of one slice of all N models (at most ``layers.BLOCK_VALUES`` =
+  4 Mi values whatever N; the sorting networks use 64 Ki values per model). The extra memory is a few
+  blocks plus one output layer; geomedian also keeps its float64 estimate of the whole model.
+- Floating tensors are computed in float32 for float32/float16/bfloat16 models (half precision widened
+  slice by slice, so sums cannot overflow) and in float64 for float64 models; cumulative weights that
+  decide a pick, distance sums and geomedian's estimate are float64. Results are cast back to the first
+  model's dtype and device; inputs on other devices are copied to that device one tensor at a time.
 - Integer and bool tensors (e.g. BatchNorm ``num_batches_tracked``) are never averaged: every method
   takes the per-element weighted lower median of the contributing models (krum/multikrum: of the picked
   ones), which is always one of the inputs' values and robust to one wild peer.

@@ -3,9 +3,10 @@
 Each contributing model i (n of them, f = ``byzantine`` assumed attackers, n >= 2f + 3) gets the score
 sum of its n - f - 2 smallest squared Euclidean distances to the other models, over the whole flattened
 model (all floating tensors; the squared distances are accumulated block by block, never concatenating
-the model: each N x c block in the work dtype, float32 for float32/float16/bfloat16 models, gives its
-pairwise squared distances from direct differences, no ||a||^2 + ||b||^2 - 2ab cancellation between
-close models, summed over blocks in float64). Scores ignore the weights, as in the paper: an attacker
+the model: each N x c block in the work dtype, float32 for float32/float16/bfloat16 models, is centred
+on model 0 and gives all pairwise squared distances from one Gram matrix product, |a|^2 + |b|^2 - 2ab of
+the centred rows, so the cancellation is relative to the models' spread, not their size; the blocks'
+contributions are summed in float64). Scores ignore the weights, as in the paper: an attacker
 cannot buy a better score with a large nodeWeightage. Ties go to the lower input index.
 
 - ``krum`` returns the single best-scored model unchanged.
@@ -29,14 +30,14 @@ def pairwise_squared_distances(inputs: MergeInputs) -> torch.Tensor:
     for name in layers.float_names(inputs.models):
         work = layers.work_dtype(inputs.models[0][name].dtype)
         for _, block in layers.blocks(inputs.models, name, work):
-            # Model i against all later ones at once ((n-1-i) x c, at most one block of scratch); each
-            # pair's sum of squares accumulated in float64.
-            for i in range(n - 1):
-                diff = block[i + 1 :] - block[i]
-                sums = diff.square_().sum(dim=1, dtype=torch.float64).cpu()
-                d2[i, i + 1 :] += sums
-                d2[i + 1 :, i] += sums
-    return d2
+            # Gram matrix of the block centred on model 0: ||d_i - d_j||^2 = |d_i|^2 + |d_j|^2 - 2 d_i.d_j
+            # with d = x - x_0, so the cancellation is relative to the models' spread, not to their size
+            # (close models stay accurate); one matmul per block, summed over blocks in float64.
+            centred = block - block[0]
+            gram = (centred @ centred.T).to(torch.float64).cpu()
+            sq = gram.diagonal()
+            d2 += sq[:, None] + sq[None, :] - 2 * gram
+    return d2.clamp_min_(0.0)
 
 
 def krum_scores(inputs: MergeInputs) -> torch.Tensor:

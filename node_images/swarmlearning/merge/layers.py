@@ -5,11 +5,11 @@ models (half-precision values are widened block by block, so sums cannot overflo
 for float64 models. Weights stay float64 where they decide which value is picked (cumulative weights
 against a cut point) and where a weighted sum is formed from sorted blocks.
 
-Memory bound: nothing concatenates a whole model. Streaming passes (mean, geomedian, krum) read each
-model's tensor in slices of ``STREAM_VALUES`` values; a stacked block (one slice of one tensor from all N
-models, ``blocks``) holds at most ``BLOCK_VALUES`` values whatever N (16 MiB in float32), so the extra
-memory of a merge is a few blocks plus one output layer. Both limits are read at call time so tests can
-shrink them.
+Memory bound: nothing concatenates a whole model. Streaming passes (mean, multikrum's average,
+geomedian) read each model's tensor in slices of ``STREAM_VALUES`` values; a stacked block (one slice of
+one tensor from all N models, ``blocks``) holds at most ``BLOCK_VALUES`` values whatever N (16 MiB in
+float32), so the extra memory of a merge is a few blocks plus one output layer. The limits are read at
+call time so tests can shrink them.
 """
 
 from __future__ import annotations
@@ -18,17 +18,18 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import torch
 
-# At most this many values (all N models together) in one stacked block: sorts over a few MiB per model
-# are several times faster in float32 than the former 256 Ki float64 blocks (measured, N = 4..16).
+# At most this many values (all N models together) in one stacked block (krum's Gram products, the
+# torch.sort paths above NETWORK_MAX_MODELS models). Larger blocks mean fewer calls: the former 256 Ki
+# values made every method pay per-call and thread-sync overhead, badly so on a loaded machine.
 BLOCK_VALUES = 1 << 22
 # Per-model slice of the streaming passes: small enough that the accumulator stays in the CPU cache
 # while N models are added into it, large enough to amortise the per-call overhead.
 STREAM_VALUES = 1 << 16
-# Per-model slice of the sorting network: its N rows and a scratch row stay in the L2 cache across the
-# O(N log^2 N) compare-exchanges.
+# Per-model slice of the sorting networks: 64 Ki was about the best of 16 Ki..256 Ki for N = 4 and 16
+# (noisy 2-core machine): smaller slices pay per-call overhead over the O(N log^2 N) elementwise calls.
 NETWORK_VALUES = 1 << 16
-# Up to this many models the equal-weight paths sort with a sorting network of elementwise min/max
-# (vectorised, cache-resident); beyond it torch.sort is used.
+# Up to this many models coordmedian/trimmedmean sort with a sorting network of elementwise min/max
+# (vectorised; 10-50x faster than torch.sort over so few values per coordinate); beyond it torch.sort.
 NETWORK_MAX_MODELS = 32
 # Cumulative weights within this share of the total count as equal (e.g. exactly half the weight),
 # so float rounding of normalised weights does not change which order statistic is picked.
@@ -240,32 +241,34 @@ def sort_rows_weighted(
     """
     n, c = block.shape
     rows = list(block.unbind(0))
-    index = [torch.full((c,), i, dtype=torch.int32, device=block.device) for i in range(n)]
+    # Model indices as float32 (exact below 2^24): swapped arithmetically, i + m * (j - i) with m in {0, 1},
+    # which is several times faster than torch.where on integer rows.
+    index = [torch.full((c,), float(i), dtype=torch.float32, device=block.device) for i in range(n)]
     for i, j in sorting_network(n):
         a, b = rows[i], rows[j]
         swap = a > b
         if stable:
             swap |= (a == b) & (index[i] > index[j])
         rows[i], rows[j] = torch.minimum(a, b), torch.maximum(a, b)
-        index[i], index[j] = torch.where(swap, index[j], index[i]), torch.where(swap, index[i], index[j])
+        step = (index[j] - index[i]).mul_(swap)
+        index[i], index[j] = index[i] + step, index[j] - step
     w = weights.to(device=block.device, dtype=torch.float64)
-    return rows, [w[k] for k in index]
+    return rows, [w[k.to(torch.int64)] for k in index]
 
 
 def median_of_sorted(rows: list[torch.Tensor], wrows: list[torch.Tensor], total: float) -> torch.Tensor:
     """Interpolated weighted median (the rule of :func:`weighted_median`) from sorted rows and weights."""
     half, tol = total / 2, WEIGHT_TOL * total
+    # Positions of the lower and the upper median: how many cumulative weights stay below each bound.
     cum = torch.zeros_like(wrows[0])
-    low, high = torch.empty_like(rows[0]), torch.empty_like(rows[0])
-    # cum is non-decreasing, so the last row written going down is the first one meeting the bound.
-    cums = []
+    lower = torch.zeros(cum.shape, dtype=torch.int64, device=cum.device)
+    upper = torch.zeros_like(lower)
     for w in wrows:
-        cum = cum + w
-        cums.append(cum)
-    for row, cum in zip(reversed(rows), reversed(cums), strict=True):
-        torch.where(cum >= half - tol, row, low, out=low)
-        torch.where(cum > half + tol, row, high, out=high)
-    return midpoint(low, high)
+        cum += w
+        lower += cum < half - tol
+        upper += cum <= half + tol
+    stacked = torch.stack(rows)
+    return midpoint(stacked.gather(0, lower[None])[0], stacked.gather(0, upper[None])[0])
 
 
 def float_names(models: Models) -> list[str]:

@@ -53,7 +53,7 @@ def _weighted_network(block: torch.Tensor, weights: torch.Tensor, fraction: floa
     for row, w in zip(rows, wrows, strict=True):
         above = total - below  # weight of this value and all larger ones
         below = below + w  # weight of this value and all smaller ones
-        kept = torch.where((below > cut) & (above > cut), w, 0.0)
+        kept = w * ((below > cut) & (above > cut))
         acc.addcmul_(kept, row)
         mass += kept
     mean = acc / mass.clamp_min(torch.finfo(torch.float64).tiny)
