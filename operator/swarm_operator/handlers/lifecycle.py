@@ -19,6 +19,13 @@ from .runtime import config, context
 log = logging.getLogger(__name__)
 
 
+@kopf.on.login()
+def login(**kw: Any) -> kopf.ConnectionInfo | None:
+    """Authenticate through the official client, like `kube.py`. Kopf's default prefers pykube-ng when
+    it is installed, and pykube-ng writes inline kubeconfig certificates to temp files it never removes."""
+    return kopf.login_via_client(**kw)
+
+
 @kopf.on.startup()
 def apply_settings(**kw: Any) -> None:
     apply(kw["settings"], config())
