@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import hashlib
 import logging
 import shutil
@@ -125,6 +126,18 @@ class LedgerReader:
 
     def close(self) -> None:
         """Stop the ledger thread and delete the identities written to disk."""
+
+        async def drain() -> None:
+            # Queued reads and user jobs run after earlier callbacks; cancel them instead of leaving
+            # never-started coroutines behind when the loop stops.
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+        if self._thread.is_alive():
+            with contextlib.suppress(Exception):
+                asyncio.run_coroutine_threadsafe(drain(), self._loop).result(timeout=5)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=5)
         shutil.rmtree(self._dir, ignore_errors=True)
