@@ -82,16 +82,7 @@ def sync_schedule(batches_per_node: Sequence[int], sync_frequency: int) -> list[
 
 
 def load_setup(example: ModuleType, config: Any, seed: int) -> Setup:
-    from swarmlearning.local.datasets import partition
-
-    parts = partition(
-        config.dataset,
-        config.nodes,
-        split=config.split,
-        skew=config.skew,
-        test_fraction=config.test_fraction,
-        seed=config.seed + seed,
-    )
+    parts = config.partition(seed)
     shards = []
     for shard in parts.nodes:
         n_val = int(round(len(shard.y) * config.val_fraction))  # the runner keeps these for validation

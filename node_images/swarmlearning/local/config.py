@@ -23,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from swarmlearning.local.datasets import DATASETS, SPLITS
+from swarmlearning.local.datasets import DATASETS, SPLITS, Partition, partition
 
 CONFIG_FILE = "swarm.yaml"
 TRAIN_SCRIPT = "train.py"
@@ -53,6 +53,17 @@ class RunConfig:
     @property
     def script(self) -> Path:
         return self.example_dir / TRAIN_SCRIPT
+
+    def partition(self, seed_offset: int = 0) -> Partition:
+        """This run's data split: one shard per node plus the common test set (seed + ``seed_offset``)."""
+        return partition(
+            self.dataset,
+            self.nodes,
+            split=self.split,
+            skew=self.skew,
+            test_fraction=self.test_fraction,
+            seed=self.seed + seed_offset,
+        )
 
     def node_names(self) -> list[str]:
         return [f"node-{i + 1}" for i in range(self.nodes)]

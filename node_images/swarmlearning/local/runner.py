@@ -33,7 +33,7 @@ from typing import IO, Any
 
 from swarmlearning import pki
 from swarmlearning.local.config import RunConfig
-from swarmlearning.local.datasets import Shard, partition
+from swarmlearning.local.datasets import Shard
 
 log = logging.getLogger("swarmlearning.local")
 
@@ -187,14 +187,7 @@ class LocalSwarm:
         pki.issue_node_cert(self.ca_dir, self.admin_cert_dir, ADMIN, ORG, "admin")
         pki.issue_node_cert(self.ca_dir, self.run_dir / "pki" / SN_NAME, SN_NAME, ORG, "sn")
         cfg = self.config
-        parts = partition(
-            cfg.dataset,
-            cfg.nodes,
-            split=cfg.split,
-            skew=cfg.skew,
-            test_fraction=cfg.test_fraction,
-            seed=cfg.seed,
-        )
+        parts = cfg.partition()
         self.n_classes = parts.n_classes
         (self.run_dir / "data").mkdir(exist_ok=True)
         parts.test.save(self.run_dir / "data" / "test.npz")

@@ -150,6 +150,14 @@ def merge_tensorwise(
     return out
 
 
+def merge_rowwise(
+    models: Models, weights: torch.Tensor, reduce: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """:func:`merge_tensorwise` on N x c blocks of ``NETWORK_VALUES`` values per model: the shape the
+    sorting-network paths of the order-statistic merges (median, trimmed mean) work on."""
+    return merge_tensorwise(models, weights, reduce, by_coordinate=False, per_model=NETWORK_VALUES)
+
+
 def merge_discrete(models: Models, weights: torch.Tensor, name: str) -> torch.Tensor:
     """Integer/bool tensor: per-element weighted lower median, computed exactly in int64.
 

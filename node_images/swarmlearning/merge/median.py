@@ -44,17 +44,9 @@ def _weighted_network(block: torch.Tensor, weights: torch.Tensor) -> torch.Tenso
 def merge_coordmedian(inputs: MergeInputs) -> MergeResult:
     """Weighted coordinate-wise median of the contributing models."""
     if layers.equal_weights(inputs.weights):
-        state = layers.merge_tensorwise(
-            inputs.models, inputs.weights, _equal, by_coordinate=False, per_model=layers.NETWORK_VALUES
-        )
+        state = layers.merge_rowwise(inputs.models, inputs.weights, _equal)
     elif len(inputs.models) <= layers.NETWORK_MAX_MODELS:
-        state = layers.merge_tensorwise(
-            inputs.models,
-            inputs.weights,
-            _weighted_network,
-            by_coordinate=False,
-            per_model=layers.NETWORK_VALUES,
-        )
+        state = layers.merge_rowwise(inputs.models, inputs.weights, _weighted_network)
     else:
         state = layers.merge_tensorwise(inputs.models, inputs.weights, _weighted)
     return MergeResult(state=state, selected=inputs.indices)

@@ -87,21 +87,9 @@ def merge_trimmedmean(inputs: MergeInputs) -> MergeResult:
         state = layers.mean_state(models, weights)
     elif layers.equal_weights(weights) and sum(cut_counts(weights, fraction)) < len(models):
         low, high = cut_counts(weights, fraction)
-        state = layers.merge_tensorwise(
-            models,
-            weights,
-            lambda b, w: _equal(b, low, high),
-            by_coordinate=False,
-            per_model=layers.NETWORK_VALUES,
-        )
+        state = layers.merge_rowwise(models, weights, lambda b, w: _equal(b, low, high))
     elif len(models) <= layers.NETWORK_MAX_MODELS:
-        state = layers.merge_tensorwise(
-            models,
-            weights,
-            lambda b, w: _weighted_network(b, w, fraction),
-            by_coordinate=False,
-            per_model=layers.NETWORK_VALUES,
-        )
+        state = layers.merge_rowwise(models, weights, lambda b, w: _weighted_network(b, w, fraction))
     else:
         state = layers.merge_tensorwise(models, weights, lambda b, w: trimmed_mean(b, w, fraction))
     return MergeResult(state=state, selected=inputs.indices)
