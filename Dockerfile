@@ -1,27 +1,18 @@
-# Operator image: `swarm-operator` (Kopf). It must not carry torch: the package is installed with
-# --no-deps and only the operator's own dependencies are installed explicitly.
-#   docker build -t swarmlearning/operator:0.1.0 .
-ARG PYTHON_IMAGE=python:3.11-slim-bookworm
-
-FROM ${PYTHON_IMAGE} AS wheel
-WORKDIR /src
-COPY pyproject.toml README.md ./
-COPY operator/ operator/
-COPY node_images/swarmlearning/ node_images/swarmlearning/
-RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
-
-FROM ${PYTHON_IMAGE}
-ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 GRPC_VERBOSITY=ERROR
-# What `swarm_operator` imports: Kopf and the Kubernetes client, metrics, and the torch-free parts of
-# `swarmlearning` it reads the ledger and issues certificates with (pki, etcd, ledger).
-RUN pip install --no-cache-dir \
-        "kopf>=1.45" "kubernetes>=30" "prometheus-client>=0.20" "pyyaml>=6.0" \
-        "cryptography>=42" "aetcd>=1.0" "grpcio>=1.60"
-COPY --from=wheel /wheels /wheels
-RUN pip install --no-cache-dir --no-deps /wheels/*.whl && rm -rf /wheels \
-    && python -c "import swarm_operator.main, swarm_operator.handlers, sys; assert 'torch' not in sys.modules" \
+# Operator image: `swarm-operator` (Kopf). No torch: the project is installed with --no-deps and only the
+# operator's requirements (node_images/build/requirements/operator.txt) are installed.
+#   make images                                                     # offline: local base + wheelhouse
+#   docker build -t swarmlearning/operator:0.1.0 .                  # with a registry and an index
+# BASE_IMAGE: any Debian-like image with python (3.11) on PATH; `make images` passes its own
+# swarmlearning/base (debootstrap bookworm, /usr/bin/python) and mounts the wheels at /wheels.
+# RUN --mount needs BuildKit (docker >= 23 by default) or buildah/podman. See docs/images.md.
+ARG BASE_IMAGE=python:3.11-slim-bookworm
+FROM ${BASE_IMAGE}
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 GRPC_VERBOSITY=ERROR HOME=/tmp
+RUN --mount=type=bind,target=/src \
+    sh /src/node_images/build/install.sh operator project \
+    && python -c "import sys, swarm_operator.main, swarm_operator.handlers; assert 'torch' not in sys.modules" \
     && if python -c "import torch" 2>/dev/null; then echo "torch must not be in the operator image" >&2; exit 1; fi
-# distroless-style non-root user; the chart runs it with a read-only root file system.
+# Non-root (the chart runs it so, with a read-only root file system).
 USER 65532:65532
 EXPOSE 8080 8081
 ENTRYPOINT ["swarm-operator"]

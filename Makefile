@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # Test-bed binaries (Kubernetes, etcd, kwok, helm) are built once into a versioned cache outside the repo.
 export SWARM_TESTBED_CACHE ?= $(HOME)/.cache/swarm-learning/testbed
 
-.PHONY: demo test test-unit test-integration test-cluster lint testbed cluster-up cluster-down bench clean venv sync-crds
+.PHONY: demo test test-unit test-integration test-e2e test-cluster lint testbed cluster-up cluster-down bench clean venv sync-crds images wheels
 
 venv: $(STAMP)
 $(STAMP): pyproject.toml
@@ -27,9 +27,13 @@ demo: venv
 testbed:
 	@bash tests/testbed/build.sh
 
-test: venv testbed lint
-	@echo ">>> Running every test (unit, integration with real etcd and processes, cluster with a real control plane)"
+test: venv testbed images lint
+	@echo ">>> Running every test (unit, integration with real etcd and processes, cluster with a real control plane, e2e on a real node)"
 	$(VENV)/bin/pytest
+
+# The e2e tier alone: the built images on the test bed's real node (kubelet, containerd); needs root.
+test-e2e: venv testbed images
+	$(VENV)/bin/pytest -m e2e
 
 test-unit: venv
 	$(VENV)/bin/pytest -m unit
@@ -48,11 +52,24 @@ lint: venv
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 
+# NODES=real (default): the real node (kubelet, containerd, CNI bridge, CoreDNS, dynamic PVCs; the images
+# of `make images` when built). NODES=kwok: only the three simulated kwok nodes; NODES=both: real + kwok.
+NODES ?= real
 cluster-up: venv testbed
-	$(PY) -m tests.testbed up
+	$(PY) -m tests.testbed up --nodes=$(NODES)
 
 cluster-down: venv
 	$(PY) -m tests.testbed down
+
+# Container images (operator, sn, sl, ml) built offline: a debootstrap base, wheels from the venv's versions,
+# buildah with no network in the build; cached by a hash of their inputs under $SWARM_IMAGE_CACHE (default
+# ~/.cache/swarm-learning/images, with images.json listing the docker-archives). See docs/images.md.
+images: venv testbed
+	@$(PY) node_images/build/images.py $(IMAGES_ARGS)
+
+# Only the wheelhouse (what an air-gapped site needs besides the base archive).
+wheels: venv
+	@$(PY) node_images/build/images.py wheels
 
 # Benchmarks (not part of `make test`). Flower lives in its own venv .venv-bench (created once by the
 # bench itself, stamp file inside) so its pins never touch .venv. BENCH_ARGS="--quick" or "--only merge".

@@ -20,7 +20,10 @@ import pytest
 
 from tests.testbed import Binaries, Cluster, TestbedError, testbed_cluster
 
-TEST_KINDS = ("unit", "integration", "cluster")
+# gRPC's C core logs every refused TLS handshake at INFO (tests refuse foreign certificates on purpose).
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+
+TEST_KINDS = ("unit", "integration", "cluster", "e2e")
 # Seconds to wait for a fresh namespace's `default` service account (pods are rejected until it exists).
 NAMESPACE_READY_TIMEOUT = 60.0
 

@@ -58,6 +58,17 @@ class NodeRound:
 
 
 @dataclass(frozen=True)
+class RoundResult:
+    """The committed result of one round: who merged (the round's leader), whose weights, the digest."""
+
+    round: int
+    leader: str
+    participants: tuple[str, ...]
+    merged_digest: str
+    merge_method: str
+
+
+@dataclass(frozen=True)
 class LedgerView:
     """What the ledger says: record count, the contract's latest committed round, per-node progress."""
 
@@ -65,6 +76,8 @@ class LedgerView:
     round: int = 0
     nodes: Mapping[str, NodeRound] = field(default_factory=dict)
     records: tuple[Record, ...] = ()
+    last: RoundResult | None = None
+    """The latest committed round's result (None before the first)."""
 
 
 def summarize(records: Sequence[Record], contract: str | None, height: int) -> LedgerView:
@@ -74,6 +87,7 @@ def summarize(records: Sequence[Record], contract: str | None, height: int) -> L
     `body.extra.loss[name]` / `body.extra.metric[name]` when the leader recorded them.
     """
     latest = 0
+    last: RoundResult | None = None
     nodes: dict[str, NodeRound] = {}
     mine = [r for r in records if contract is None or r.contract == contract]
     for rec in mine:
@@ -85,6 +99,14 @@ def summarize(records: Sequence[Record], contract: str | None, height: int) -> L
         except (TypeError, ValueError):
             continue
         latest = max(latest, round_no)
+        if last is None or round_no >= last.round:
+            last = RoundResult(
+                round=round_no,
+                leader=rec.author,
+                participants=tuple(str(n) for n in body.get("participants") or ()),
+                merged_digest=str(body.get("merged_digest") or ""),
+                merge_method=str(body.get("merge_method") or ""),
+            )
         extra = body.get("extra") or {}
         losses = extra.get("loss") or {}
         metrics = extra.get("metric") or {}
@@ -92,7 +114,7 @@ def summarize(records: Sequence[Record], contract: str | None, height: int) -> L
             prev = nodes.get(name)
             if prev is None or round_no >= prev.round:
                 nodes[str(name)] = NodeRound(round_no, _num(losses.get(name)), _num(metrics.get(name)))
-    return LedgerView(height=height, round=latest, nodes=nodes, records=tuple(mine))
+    return LedgerView(height=height, round=latest, nodes=nodes, records=tuple(mine), last=last)
 
 
 def _num(v: Any) -> float | None:

@@ -328,7 +328,7 @@ def test_status_keeps_what_the_operator_writes(
 def test_printer_columns_and_category(cluster: Cluster, crds: tuple[str, ...], namespace: str) -> None:
     assert create(cluster, namespace, network(), node(), task(sync={"mergeMethod": "krum"})).returncode == 0
     headers = {
-        "swarmtasks": ["NAME", "PHASE", "PEERS", "ROUND", "MERGE", "AGE"],
+        "swarmtasks": ["NAME", "PHASE", "PEERS", "ROUND", "LEADER", "MERGE", "AGE"],
         "swn": ["NAME", "MEMBERS", "READY", "HEIGHT", "PHASE", "AGE"],
         "ln": ["NAME", "NETWORK", "PHASE", "TASK", "AGE"],
     }

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Builds the test-bed binaries (Kubernetes control plane, etcd, kwok, helm) from the pinned Go modules in
-# tests/testbed/go/ into a versioned cache outside the repo. Idempotent: a component whose binaries exist
-# and whose stamp matches the current go.mod/go.sum/flags is reused without invoking Go at all.
+# Builds the test-bed binaries (Kubernetes control plane, kubelet, kube-proxy, etcd, kwok, helm, CoreDNS,
+# local-path-provisioner) from the pinned Go modules in tests/testbed/go/, and the pause image, into a
+# versioned cache outside the repo; installs the Debian packages the real node needs when they are missing.
+# Idempotent: a component whose binaries exist and whose stamp matches the current go.mod/go.sum/flags is
+# reused without invoking Go at all.
 #
 #   SWARM_TESTBED_CACHE  cache root (default ~/.cache/swarm-learning/testbed)
 #   SWARM_TESTBED_FORCE  set to 1 to rebuild even when the stamp matches
@@ -14,6 +16,9 @@ CACHE="${SWARM_TESTBED_CACHE:-$HOME/.cache/swarm-learning/testbed}"
 K8S_VERSION=v1.34.4
 KWOK_VERSION=v0.8.0
 HELM_VERSION=v3.22.0
+COREDNS_VERSION=v1.15.0
+LOCALPATH_VERSION=v0.0.30
+PAUSE_VERSION=1  # bump when pause/pause.c or how it is packed changes
 
 mkdir -p "$CACHE"
 
@@ -23,6 +28,34 @@ if ! flock -n 9; then
     echo ">>> testbed: another build holds $CACHE/.build.lock, waiting for it"
     flock 9
 fi
+
+# The real node's runtime comes from Debian: install what is missing (fresh CI machines), nothing else.
+ensure_packages() {
+    local -a want=()
+    local check pkg
+    while read -r check pkg; do
+        [[ -e "$check" ]] || command -v "$check" >/dev/null 2>&1 || want+=("$pkg")
+    done <<'PKGS'
+containerd containerd
+runc runc
+/usr/lib/cni/bridge containernetworking-plugins
+iptables iptables
+ip iproute2
+conntrack conntrack
+gcc gcc
+/usr/lib/x86_64-linux-gnu/libc.a libc6-dev
+PKGS
+    [[ ${#want[@]} -eq 0 ]] && return 0
+    if [[ "$(id -u)" != 0 ]] || ! command -v apt-get >/dev/null; then
+        echo "testbed: missing Debian packages for the real node: ${want[*]} (as root: apt-get install ${want[*]})" >&2
+        exit 2
+    fi
+    echo ">>> testbed: installing Debian packages for the real node: ${want[*]}"
+    # A fresh machine's package lists may be stale or empty: update once and retry.
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${want[@]}" \
+        || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${want[@]}"; }
+}
+ensure_packages
 
 need_go() {
     command -v go >/dev/null || { echo "testbed: 'go' is not on PATH; install Go >= 1.26 to build $1" >&2; exit 2; }
@@ -74,6 +107,8 @@ build_component k8s "$K8S_VERSION" "$HERE/go/kubernetes" "$K8S_LDFLAGS" \
     k8s.io/kubernetes/cmd/kube-controller-manager \
     k8s.io/kubernetes/cmd/kube-scheduler \
     k8s.io/kubernetes/cmd/kubectl \
+    k8s.io/kubernetes/cmd/kubelet \
+    k8s.io/kubernetes/cmd/kube-proxy \
     ./cmd/etcd
 
 build_component kwok "$KWOK_VERSION" "$HERE/go/kwok" \
@@ -91,6 +126,27 @@ for pkg in pkg/lint/rules pkg/chartutil; do
     HELM_LDFLAGS+=" -X helm.sh/helm/v3/$pkg.k8sVersionMajor=1 -X helm.sh/helm/v3/$pkg.k8sVersionMinor=$HELM_K8S_MINOR"
 done
 build_component helm "$HELM_VERSION" "$HERE/go/helm" "$HELM_LDFLAGS" helm.sh/helm/v3/cmd/helm
+
+build_component coredns "$COREDNS_VERSION" "$HERE/go/coredns" "-s -w" swarmlearning.dev/testbed/coredns
+
+build_component localpath "$LOCALPATH_VERSION" "$HERE/go/localpath" \
+    "-s -w -X main.VERSION=$LOCALPATH_VERSION" github.com/rancher/local-path-provisioner
+
+# The pod sandbox image (no registry to pull one from): a static pause binary packed as a docker archive
+# for `ctr images import`; containerd's sandbox_image names it.
+pause_dir="$CACHE/pause-$PAUSE_VERSION"
+pause_stamp="$(cat "$HERE/pause/pause.c" "$HERE/image_archive.py" | sha256sum | cut -d' ' -f1)"
+if [[ "${SWARM_TESTBED_FORCE:-0}" == 1 || ! -s "$pause_dir/pause.tar" || "$(cat "$pause_dir/stamp" 2>/dev/null)" != "$pause_stamp" ]]; then
+    mkdir -p "$pause_dir"
+    rm -f "$pause_dir/stamp"
+    gcc -static -Os -s -o "$pause_dir/pause" "$HERE/pause/pause.c"
+    python3 "$HERE/image_archive.py" --ref "swarmlearning/pause:testbed-$PAUSE_VERSION" \
+        --file "/pause=$pause_dir/pause" --entrypoint /pause -o "$pause_dir/pause.tar" >"$pause_dir/id"
+    echo "$pause_stamp" >"$pause_dir/stamp"
+    echo ">>> testbed: pause image swarmlearning/pause:testbed-$PAUSE_VERSION written to $pause_dir/pause.tar"
+else
+    echo ">>> testbed: pause image is up to date in $pause_dir"
+fi
 
 # kwok's own default stages (node initialize + lease heartbeat, pod ready/complete/delete: what kwokctl
 # configures), taken from the pinned module so they always match the kwok binary.

@@ -1,8 +1,11 @@
-"""The handle tests get for a Kubernetes cluster (the `cluster` fixture): kubeconfig, kubectl, helm."""
+"""The handle tests get for a Kubernetes cluster (the `cluster` fixture): kubeconfig, kubectl, helm; and
+``RealNodeCluster`` (the e2e `real_cluster` fixture): the same plus the real node's address, images and
+pod helpers."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shlex
 import shutil
@@ -10,11 +13,15 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from tests.testbed.binaries import Binaries, TestbedError
 from tests.testbed.controlplane import ControlPlane, running_records
+from tests.testbed.images import Ctr, ImageManifest, ImportResult, import_manifest
+from tests.testbed.nodes import KwokNodes, NodeBackend
+from tests.testbed.realnode import RealNode, reclaim
 
 
 @dataclass(frozen=True)
@@ -103,6 +110,68 @@ class Cluster:
         return self._run([str(self.helm_bin), *args], None, check, timeout)
 
 
+@dataclass(frozen=True)
+class RealNodeCluster(Cluster):
+    """A test-bed cluster whose pods run on a real node: ``node_name``, ``host_ip`` (the bridge address:
+    the API server, CoreDNS and the node's kubelet listen there; pods reach it), ``images`` (the manifest
+    whose images were imported, None when none was), ``timings`` (seconds per startup phase)."""
+
+    node_name: str = ""
+    host_ip: str = ""
+    images: ImageManifest | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def image(self, name: str) -> str:
+        """The ref of image ``name`` (base, operator, sn, sl, ml) for a pod spec; TestbedError naming
+        `make images` when it was not built."""
+        if self.images is None:
+            raise TestbedError(
+                f"no images manifest was found, so image {name!r} is missing: run `make images`"
+            )
+        return self.images.get(name).ref
+
+    def pod(self, namespace: str, name: str) -> dict[str, Any]:
+        """The pod object (kubectl get -o json)."""
+        return dict(json.loads(self.kubectl("get", "pod", name, "-n", namespace, "-o", "json").stdout))
+
+    def wait_for_pod(
+        self,
+        namespace: str,
+        name: str,
+        phases: tuple[str, ...] = ("Succeeded", "Failed"),
+        timeout: float = 120,
+    ) -> dict[str, Any]:
+        """Poll until the pod's phase is one of ``phases``; return the pod; AssertionError naming the pod,
+        the phases and its last status after ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        pod: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            got = self.kubectl("get", "pod", name, "-n", namespace, "-o", "json", check=False)
+            if got.returncode == 0:
+                pod = json.loads(got.stdout)
+                if pod.get("status", {}).get("phase") in phases:
+                    return pod
+            time.sleep(0.5)
+        raise AssertionError(
+            f"pod {namespace}/{name} did not reach {'/'.join(phases)} within {timeout:g} s; "
+            f"last status: {json.dumps(pod.get('status', {}))[:1500]}"
+        )
+
+    def logs(self, namespace: str, name: str, container: str | None = None) -> str:
+        """The pod's (or one container's) log, as the kubelet serves it."""
+        args = ["logs", name, "-n", namespace] + ([f"--container={container}"] if container else [])
+        return self.kubectl(*args).stdout
+
+    @staticmethod
+    def exit_code(pod: dict[str, Any], container: str | None = None) -> int | None:
+        """The terminated exit code of ``container`` (default: the first), None while it has none."""
+        for status in pod.get("status", {}).get("containerStatuses") or []:
+            if container in (None, status["name"]):
+                terminated = (status.get("state") or {}).get("terminated")
+                return int(terminated["exitCode"]) if terminated else None
+        return None
+
+
 STATE_DIR_PREFIX = "swarm-testbed-"
 # Seconds after which an abandoned temporary state dir may be removed (a startup takes well under a minute).
 STALE_STATE_AGE = 3600.0
@@ -124,21 +193,90 @@ def remove_stale_state_dirs() -> list[Path]:
 
 
 @contextlib.contextmanager
-def testbed_cluster(*, keep_state: bool = False, timeout: float = 120.0) -> Iterator[Cluster]:
+def testbed_cluster(
+    *, keep_state: bool = False, timeout: float = 120.0, nodes: list[NodeBackend] | None = None
+) -> Iterator[Cluster]:
     """Start a fresh test-bed control plane in a temporary state dir; stop it and remove the dir on exit.
 
-    ``keep_state`` keeps the dir (logs, etcd data) for debugging; ``timeout`` (s) bounds each startup wait.
+    ``keep_state`` keeps the dir (logs, etcd data) for debugging; ``timeout`` (s) bounds each startup wait;
+    ``nodes`` are the node backends (default: the kwok nodes).
     """
     remove_stale_state_dirs()
     state_dir = Path(tempfile.mkdtemp(prefix=STATE_DIR_PREFIX))
-    plane = ControlPlane(state_dir)
+    plane = ControlPlane(state_dir, nodes=nodes)
     try:
         plane.start(timeout=timeout)
         yield Cluster.for_testbed(plane.kubeconfig, plane.binaries, state_dir)
     finally:
-        plane.stop()
-        if not keep_state:
-            shutil.rmtree(state_dir, ignore_errors=True)
+        try:
+            plane.stop()
+        finally:  # a teardown that reports leftovers still removes the state dir
+            if not keep_state:
+                shutil.rmtree(state_dir, ignore_errors=True)
 
 
 testbed_cluster.__test__ = False  # type: ignore[attr-defined]  # a helper, not a test, when imported by tests
+
+
+def load_images_or_none() -> ImageManifest | None:
+    """The images manifest, or None when `make images` has not written one (other errors propagate)."""
+    try:
+        return ImageManifest.load()
+    except TestbedError:
+        if not ImageManifest.default_path().is_file():
+            return None
+        raise
+
+
+def import_images(node: RealNode, manifest: ImageManifest) -> list[ImportResult]:
+    """Import the manifest's images into the running real node's containerd (skips ones already there)."""
+    return import_manifest(Ctr(node.socket), manifest)
+
+
+@contextlib.contextmanager
+def realnode_cluster(
+    *,
+    images: ImageManifest | None,
+    with_kwok: bool = False,
+    keep_state: bool = False,
+    timeout: float = 180.0,
+) -> Iterator[RealNodeCluster]:
+    """A fresh control plane with the real node (plus the kwok nodes when ``with_kwok``), ``images``
+    imported into its containerd (its base image also serves local-path-provisioner's helper pods);
+    everything stopped and removed on exit. ``timeout`` (s) bounds each startup wait."""
+    node = RealNode(helper_image=images.images.get("base") if images else None)
+    backends: list[NodeBackend] = [node, KwokNodes()] if with_kwok else [node]
+    removed = reclaim()  # before stale state dirs go: a SIGKILLed node may still have mounts in one
+    if removed:
+        print(f"real node: removed what an earlier run left: {', '.join(removed)}")
+    remove_stale_state_dirs()
+    state_dir = Path(tempfile.mkdtemp(prefix=STATE_DIR_PREFIX))
+    plane = ControlPlane(state_dir, nodes=backends)
+    try:
+        plane.start(timeout=timeout)
+        timings = dict(node.timings, control_plane_and_node=plane.startup_seconds)
+        if images is not None:
+            started = time.monotonic()
+            results = import_images(node, images)
+            timings["image_import"] = time.monotonic() - started
+            timings.update({f"import_{r.name}": r.seconds for r in results})
+        base = Cluster.for_testbed(plane.kubeconfig, plane.binaries, state_dir)
+        yield RealNodeCluster(
+            kubeconfig=base.kubeconfig,
+            bin_dir=base.bin_dir,
+            helm_bin=base.helm_bin,
+            helm_home=base.helm_home,
+            node_name=node.node_name,
+            host_ip=node.bridge_ip,
+            images=images,
+            timings=timings,
+        )
+    finally:
+        try:
+            plane.stop()
+        finally:  # a teardown that reports leftovers still removes the state dir
+            if not keep_state:
+                shutil.rmtree(state_dir, ignore_errors=True)
+
+
+realnode_cluster.__test__ = False  # type: ignore[attr-defined]

@@ -1,5 +1,8 @@
-"""A real Kubernetes control plane on 127.0.0.1: etcd, kube-apiserver, kube-controller-manager,
-kube-scheduler and a node backend (kwok by default), each a child process in its own process group.
+"""A real Kubernetes control plane: etcd, kube-apiserver, kube-controller-manager, kube-scheduler and node
+backends (kwok by default; a real node, realnode.py), each process a child in its own process group.
+
+Everything listens on 127.0.0.1, except the API server with a real node: it binds to and advertises the
+node's bridge address, so pods reach it through the ``kubernetes`` Service.
 
 Layout of ``state_dir``: ``pki/`` (CA, certs, service-account key), ``etcd/`` (data), ``logs/<name>.log``,
 ``*.kubeconfig`` (``admin.kubeconfig`` is the one for users), ``state.json`` (PIDs, for ``down``).
@@ -13,6 +16,7 @@ import json
 import ssl
 import time
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -29,6 +33,9 @@ SERVICE_CIDR = "10.96.0.0/16"
 SERVICE_IP = "10.96.0.1"  # the `kubernetes` Service: first address of SERVICE_CIDR
 SA_ISSUER = "https://kubernetes.default.svc.cluster.local"
 STATE_FILE = "state.json"
+# Seconds kube-apiserver gets after SIGTERM: on shutdown it waits up to 20 s to remove its own address from
+# the `kubernetes` Service's endpoints (a real node), which is pointless for a throw-away cluster.
+APISERVER_GRACE = 3.0
 
 
 def write_kubeconfig(path: Path, server: str, ca: Path, client: CertPair, user: str) -> Path:
@@ -74,17 +81,26 @@ class ControlPlane:
         state_dir: Path,
         *,
         binaries: Binaries | None = None,
-        nodes: NodeBackend | None = None,
+        nodes: NodeBackend | Sequence[NodeBackend] | None = None,
         die_with_parent: bool = True,
     ) -> None:
+        """``nodes``: one backend or several (started in order; at most one may ask for an API address),
+        default ``KwokNodes()``."""
         self.state_dir = state_dir
         self.binaries = binaries or Binaries.in_cache()
-        self.nodes: NodeBackend = nodes or KwokNodes()
+        if nodes is None:
+            nodes = [KwokNodes()]
+        self.backends: list[NodeBackend] = [nodes] if not isinstance(nodes, Sequence) else list(nodes)
+        if not self.backends:
+            raise ValueError("nodes: give at least one node backend")
+        self.nodes: NodeBackend = self.backends[0]  # the first backend (compatibility with one backend)
+        self.api_ip = "127.0.0.1"  # where the API server listens (a real node's bridge address with one)
         self.die_with_parent = die_with_parent
         self.log_dir = state_dir / "logs"
         self.kubeconfig = state_dir / "admin.kubeconfig"
         self.server = ""
         self.processes: list[ManagedProcess] = []
+        self._prepared: list[NodeBackend] = []  # backends to stop()
         self.startup_seconds = 0.0  # wall time of the last start(), for reports
 
     # -- lifecycle ---------------------------------------------------------------------------------
@@ -104,9 +120,12 @@ class ControlPlane:
             raise
 
     def stop(self) -> None:
-        """Stop components in reverse start order (node agents first, etcd last)."""
+        """Stop components in reverse start order (node backends first, etcd last)."""
+        while self._prepared:
+            self._prepared.pop().stop()
         while self.processes:
-            self.processes.pop().stop()
+            proc = self.processes.pop()
+            proc.stop(APISERVER_GRACE if proc.name == "kube-apiserver" else 10.0)
 
     def records(self) -> list[ProcessRecord]:
         return [p.record() for p in self.processes]
@@ -122,9 +141,19 @@ class ControlPlane:
         started = time.monotonic()
         for sub in ("logs", "apiserver", "controller-manager", "scheduler"):  # etcd creates its dir 0700
             (self.state_dir / sub).mkdir(parents=True, exist_ok=True)
-        pki = create_pki(self.state_dir / "pki", service_ip=SERVICE_IP)
+        addresses = []
+        for backend in self.backends:
+            self._prepared.append(backend)
+            address = backend.api_address()
+            if address is not None:
+                addresses.append(address)
+        if len(addresses) > 1:
+            raise ValueError(f"nodes: at most one backend may set the API server's address, got {addresses}")
+        self.api_ip = addresses[0] if addresses else "127.0.0.1"
+        extra_ips = (self.api_ip,) if addresses else ()
+        pki = create_pki(self.state_dir / "pki", service_ip=SERVICE_IP, extra_ips=extra_ips)
         etcd_port, peer_port, api_port, kcm_port, sched_port = free_ports(5)
-        self.server = f"https://127.0.0.1:{api_port}"
+        self.server = f"https://{self.api_ip}:{api_port}"
         write_kubeconfig(self.kubeconfig, self.server, pki.ca.cert, pki.admin, "admin")
         kcm_kubeconfig = write_kubeconfig(
             self.state_dir / "controller-manager.kubeconfig",
@@ -166,16 +195,22 @@ class ControlPlane:
             "kube-controller-manager", self._controller_manager_argv(pki, kcm_kubeconfig, kcm_port)
         )
         sched = self._spawn("kube-scheduler", self._scheduler_argv(sched_kubeconfig, sched_port))
-        ctx = NodeContext(
-            state_dir=self.state_dir / self.nodes.name,
-            log_dir=self.log_dir,
-            kubeconfig=node_kubeconfig,
-            api=api,
-            binaries=self.binaries,
-            die_with_parent=self.die_with_parent,
-        )
-        node_procs = self.nodes.start(ctx)
-        self.processes.extend(node_procs)
+        node_procs: list[ManagedProcess] = []
+        for backend in self.backends:
+            ctx = NodeContext(
+                state_dir=self.state_dir / backend.name,
+                log_dir=self.log_dir,
+                kubeconfig=node_kubeconfig,
+                api=api,
+                binaries=self.binaries,
+                die_with_parent=self.die_with_parent,
+                server=self.server,
+                pki=pki,
+                service_cidr=SERVICE_CIDR,
+            )
+            started_procs = backend.start(ctx)
+            self.processes.extend(started_procs)
+            node_procs.extend(started_procs)
         core = [etcd, apiserver, kcm, sched]
 
         # The components' own serving certs are self-signed; /healthz is all we read from them.
@@ -187,9 +222,9 @@ class ControlPlane:
             watch=[*core, *node_procs],
             log=sched.log,
         )
-        names = self.nodes.node_names()
+        names = tuple(n for b in self.backends for n in b.node_names())
         wait_for(
-            f"nodes {', '.join(names)} to be Ready ({self.nodes.name} backend)",
+            f"nodes {', '.join(names)} to be Ready ({', '.join(b.name for b in self.backends)} backend)",
             lambda: True if self._ready_nodes(api) >= set(names) else None,
             timeout=timeout,
             watch=[*core, *node_procs],
@@ -218,6 +253,7 @@ class ControlPlane:
     def _save_state(self) -> None:
         state: dict[str, Any] = {
             "server": self.server,
+            "backends": [b.name for b in self.backends],
             "kubeconfig": str(self.kubeconfig),
             "processes": [asdict(r) for r in self.records()],
         }
@@ -240,11 +276,19 @@ class ControlPlane:
         ]
 
     def _apiserver_argv(self, pki: ClusterPki, etcd_url: str, port: int) -> list[str]:
+        if self.api_ip == "127.0.0.1":
+            # The `kubernetes` Service cannot point at 127.0.0.1 (Endpoints reject loopback addresses) and
+            # nothing runs inside the cluster network, so it gets no endpoints instead of failing every 10 s.
+            network = ["--endpoint-reconciler-type=none"]
+        else:
+            # A real node: the default (lease) reconciler makes the bridge address the `kubernetes`
+            # Service's endpoint; logs/exec reach the kubelet by its InternalIP (a node name may not resolve).
+            network = ["--kubelet-preferred-address-types=InternalIP,Hostname"]
         return [
             str(self.binaries.kube_apiserver),
             f"--etcd-servers={etcd_url}",
-            "--bind-address=127.0.0.1",
-            "--advertise-address=127.0.0.1",
+            f"--bind-address={self.api_ip}",
+            f"--advertise-address={self.api_ip}",
             f"--secure-port={port}",
             f"--cert-dir={self.state_dir / 'apiserver'}",
             f"--tls-cert-file={pki.apiserver.cert}",
@@ -265,9 +309,7 @@ class ControlPlane:
             "--requestheader-extra-headers-prefix=X-Remote-Extra-",
             f"--proxy-client-cert-file={pki.front_proxy_client.cert}",
             f"--proxy-client-key-file={pki.front_proxy_client.key}",
-            # The `kubernetes` Service cannot point at 127.0.0.1 (Endpoints reject loopback addresses) and
-            # nothing runs inside the cluster network, so it gets no endpoints instead of failing every 10 s.
-            "--endpoint-reconciler-type=none",
+            *network,
             "--allow-privileged=true",
             "--profiling=false",
         ]
@@ -323,6 +365,6 @@ def stop_recorded(state_dir: Path, grace: float = 10.0) -> list[str]:
     """Stop the processes recorded in ``state_dir`` (reverse start order); return the names stopped."""
     stopped = []
     for record in reversed(running_records(state_dir)):
-        stop_group(record.pid, grace)
+        stop_group(record.pid, min(grace, APISERVER_GRACE) if record.name == "kube-apiserver" else grace)
         stopped.append(record.name)
     return stopped

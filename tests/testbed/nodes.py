@@ -1,8 +1,10 @@
 """Node backends: what makes Node objects exist and pods on them run.
 
-The control plane hands a backend a ``NodeContext`` and waits until the backend's nodes are Ready. kwok
-(simulated nodes: pods become Running with IPs, no containers run) is the first backend; a real kubelet
-plus container runtime would be a second class with the same two methods.
+The control plane asks each backend for the address the API server must serve on (``api_address``, before
+the API server starts), hands it a ``NodeContext`` (``start``), waits until the backend's nodes are Ready,
+and calls ``stop`` before it stops the processes ``start`` returned. ``KwokNodes`` (simulated nodes: pods
+become Running with IPs, no containers run) and ``RealNode`` (realnode.py: kubelet, containerd, CNI
+bridge, kube-proxy, CoreDNS, dynamic PVCs) are the backends.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import Any, Protocol
 
 from tests.testbed.api import ApiClient
 from tests.testbed.binaries import Binaries
+from tests.testbed.pki import ClusterPki
 from tests.testbed.processes import ManagedProcess
 
 KWOK_ANNOTATION = "kwok.x-k8s.io/node"
@@ -30,6 +33,9 @@ class NodeContext:
     api: ApiClient  # admin access, to create Node objects
     binaries: Binaries
     die_with_parent: bool  # child processes die with the Python process (tests) or outlive it (cluster-up)
+    server: str = ""  # the API server's URL (https://ip:port)
+    pki: ClusterPki | None = None  # the cluster CA (to issue node identities) and the other credentials
+    service_cidr: str = ""  # the Service CIDR (kube-proxy, pod routes)
 
 
 class NodeBackend(Protocol):
@@ -39,7 +45,17 @@ class NodeBackend(Protocol):
 
     def node_names(self) -> tuple[str, ...]: ...
 
+    def api_address(self) -> str | None:
+        """Called before the API server starts: prepare what the address needs (a bridge) and return the IP
+        the API server must bind to and advertise, or None for 127.0.0.1."""
+        ...
+
     def start(self, ctx: NodeContext) -> list[ManagedProcess]: ...
+
+    def stop(self) -> None:
+        """Called before the control plane stops the processes ``start`` returned (stopping them again is a
+        no-op): stop in the backend's own order and remove what is not a process. Idempotent."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -112,6 +128,12 @@ class KwokNodes:
 
     def node_names(self) -> tuple[str, ...]:
         return tuple(n.name for n in self.nodes)
+
+    def api_address(self) -> str | None:
+        return None  # kwok talks to the API server on 127.0.0.1; nothing runs in a pod network
+
+    def stop(self) -> None:
+        pass  # kwok is one process; the control plane stops it
 
     def start(self, ctx: NodeContext) -> list[ManagedProcess]:
         ctx.state_dir.mkdir(parents=True, exist_ok=True)

@@ -31,7 +31,7 @@ class ClusterPki:
 
     ca: CertPair
     apiserver: CertPair  # serving cert of kube-apiserver
-    apiserver_kubelet_client: CertPair  # kube-apiserver -> kubelet (used once a real kubelet backend exists)
+    apiserver_kubelet_client: CertPair  # kube-apiserver -> kubelet (logs, exec on a real node)
     admin: CertPair  # system:masters
     controller_manager: CertPair  # system:kube-controller-manager
     scheduler: CertPair  # system:kube-scheduler
@@ -141,11 +141,40 @@ def _new_ca(
     return pair, ca_key, ca_cert
 
 
-def create_pki(directory: Path, *, service_ip: str) -> ClusterPki:
+def issue_cert(
+    ca: CertPair,
+    directory: Path,
+    stem: str,
+    common_name: str,
+    organization: str | None = None,
+    *,
+    server_names: tuple[str, ...] = (),
+    server_ips: tuple[str, ...] = (),
+) -> CertPair:
+    """Issue one more certificate from the CA in ``ca`` (PEM files): a client certificate, or a serving
+    one when ``server_names``/``server_ips`` are given. Node backends use it for their agents' identities."""
+    ca_cert = x509.load_pem_x509_certificate(ca.cert.read_bytes())
+    ca_key = serialization.load_pem_private_key(ca.key.read_bytes(), password=None)
+    if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
+        raise TypeError(f"{ca.key}: expected an EC private key, got {type(ca_key).__name__}")
+    directory.mkdir(parents=True, exist_ok=True)
+    return _issue(
+        directory,
+        stem,
+        _name(common_name, organization),
+        ca_key,
+        ca_cert,
+        server_names=server_names,
+        server_ips=server_ips,
+    )
+
+
+def create_pki(directory: Path, *, service_ip: str, extra_ips: tuple[str, ...] = ()) -> ClusterPki:
     """Create a fresh CA and all control-plane credentials in ``directory``.
 
     ``service_ip`` is the first address of the service CIDR (the ``kubernetes`` Service), which the
-    apiserver's serving certificate must cover for in-cluster clients.
+    apiserver's serving certificate must cover for in-cluster clients; ``extra_ips`` are further addresses
+    it serves on (a real node's bridge address).
     """
     directory.mkdir(parents=True, exist_ok=True)
     ca, ca_key, ca_cert = _new_ca(directory, "ca", "swarm-learning-testbed-ca")
@@ -169,7 +198,7 @@ def create_pki(directory: Path, *, service_ip: str) -> ClusterPki:
             "kubernetes.default.svc",
             "kubernetes.default.svc.cluster.local",
         ),
-        server_ips=("127.0.0.1", service_ip),
+        server_ips=("127.0.0.1", service_ip, *extra_ips),
     )
     sa_key = _new_key()
     sa_key_path = directory / "service-account.key"

@@ -83,6 +83,7 @@ class ManagedProcess:
         self.name = name
         self.argv = list(argv)
         self.log = log
+        self._stopped = False
         log.parent.mkdir(parents=True, exist_ok=True)
         with log.open("ab") as out:
             self._popen = subprocess.Popen(
@@ -117,6 +118,9 @@ class ManagedProcess:
 
     def stop(self, grace: float = 10.0) -> None:
         """SIGTERM the process group, SIGKILL it after ``grace`` seconds. Idempotent."""
+        if self._stopped:
+            return  # a second stop must not signal a process group whose ID the kernel may have reused
+        self._stopped = True
         stop_group(self.pid, grace, self._popen.poll)
         # Reap the leader (already dead after stop_group, so this does not block).
         with contextlib.suppress(subprocess.TimeoutExpired):

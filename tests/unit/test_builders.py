@@ -259,6 +259,8 @@ def test_task_pod_env_carries_sync_parameters() -> None:
     assert env["SL_LEADER_FAILURE_BASE_TIMEOUT"] == "60"
     assert env["SWARM_QUORUM_TIMEOUT_SECONDS"] == "120"
     assert env["SL_MAKE_ME_ADMIN"] == "false" and env["SWARM_LEADER_ELIGIBLE"] == "false"
+    assert env["SWARM_PEER_INDEX"] == "0" and env["SWARM_PEER_COUNT"] == "1"
+    assert ml["terminationMessagePolicy"] == "FallbackToLogsOnError"
     assert env["SWARM_MODEL_OUTPUT"] == "/data/swarm-output"
     assert env["EPOCHS"] == "4"
     senv = _env(sl)

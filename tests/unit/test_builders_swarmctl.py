@@ -55,7 +55,7 @@ def test_task_rows_and_progress_text() -> None:
     assert table[0][:4] == ["NAME", "NETWORK", "PHASE", "PEERS"]
     assert table[1][:7] == ["train", "net", "Running", "2", "1/2", "3", "krum"]
     text = progress_lines(task)
-    assert text[0] == "task train: phase Running, round 3 of 5 epochs, merge krum"
+    assert text[0] == "task train: phase Running, round 3 (5 epochs), merge krum"
     assert any(line.split()[:5] == ["a", "Succeeded", "3", "0.2500", "-"] for line in text)
     waiting = {
         **task,

@@ -239,6 +239,55 @@ def test_summarize_rounds_per_contract_and_node() -> None:
     assert summarize(recs, None, 4).round == 7
 
 
+def test_summarize_keeps_the_latest_round_result_for_the_status() -> None:
+    recs = [
+        _rec(
+            1,
+            "c1",
+            "round",
+            {"round": 2, "participants": ["a", "b"], "merged_digest": "d2", "merge_method": "mean"},
+        ),
+        _rec(2, "c1", "round", {"round": 1, "participants": ["a"], "merged_digest": "d1"}),
+    ]
+    last = summarize(recs, "c1", 2).last
+    assert last is not None
+    assert (last.round, last.leader, last.participants, last.merged_digest, last.merge_method) == (
+        2,
+        "x",
+        ("a", "b"),
+        "d2",
+        "mean",
+    )
+    assert summarize([_rec(0, "c1", "contract", {})], "c1", 1).last is None
+
+
+def _failed_pod(containers: list[dict[str, Any]], **status: Any) -> dict[str, Any]:
+    return {
+        "metadata": {"labels": {}},
+        "status": {"phase": "Failed", "containerStatuses": containers, **status},
+    }
+
+
+def test_failure_reason_names_the_ml_container_exit_and_its_last_words() -> None:
+    from swarm_operator.reconcile.pods import failure_reason
+
+    ml = {"name": "ml", "state": {"terminated": {"reason": "Error", "exitCode": 3, "message": "boom\n"}}}
+    sl = {"name": "sl", "state": {"terminated": {"reason": "Completed", "exitCode": 0}}}
+    assert failure_reason(_failed_pod([sl, ml])) == "container ml Error (exit code 3): boom"
+    oom = {"name": "ml", "state": {"terminated": {"reason": "OOMKilled", "exitCode": 137}}}
+    assert failure_reason(_failed_pod([oom])) == "container ml OOMKilled (exit code 137)"
+    evicted = _failed_pod([], reason="Evicted", message="low on memory")
+    assert failure_reason(evicted) == "pod Evicted: low on memory"
+    assert failure_reason(_failed_pod([])) == "pod Failed"
+
+
+def test_failed_verdict_quotes_the_container_reason() -> None:
+    ok = NodeOutcome("a", "Succeeded", 0, done_ok=True)
+    bad = NodeOutcome("c", "Failed", 0, done_failed=True, reason="container ml Error (exit code 3)")
+    v = _verdict(_spec("FailTask"), [ok, bad])
+    assert v is not None and "c: container ml Error (exit code 3)" in v[2]
+
+
 def test_operator_command_line_validation() -> None:
     cfg = parse_args(["-n", "a", "-n", "b", "--metrics-port", "0", "--resync-seconds", "5"])
     assert cfg.namespaces == ("a", "b") and cfg.metrics_port == 0 and cfg.resync_seconds == 5
@@ -246,3 +295,14 @@ def test_operator_command_line_validation() -> None:
         parse_args(["--metrics-port", "70000"])
     with pytest.raises(SystemExit):
         parse_args(["--workers", "0"])
+
+
+def test_ledger_fields_follow_the_ledger_and_keep_their_last_value_when_it_is_unreachable() -> None:
+    from swarm_operator.reconcile.task import _ledger_fields
+
+    recs = [_rec(1, "c1", "round", {"round": 3, "participants": ["a"], "merged_digest": "d3"})]
+    old = {"round": 2, "ledgerHeight": 5, "lastRound": {"round": 2}, "phase": "Succeeded"}
+    fresh = _ledger_fields(summarize(recs, "c1", 9), old)
+    assert fresh["round"] == 3 and fresh["ledgerHeight"] == 9
+    assert fresh["lastRound"]["mergedDigest"] == "d3" and fresh["lastRound"]["leader"] == "x"
+    assert _ledger_fields(None, old) == {"round": 2, "ledgerHeight": 5, "lastRound": {"round": 2}}

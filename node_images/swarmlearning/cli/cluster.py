@@ -281,12 +281,20 @@ def progress_lines(task: Mapping[str, Any]) -> list[str]:
     spec, st = task.get("spec") or {}, task.get("status") or {}
     lines = [
         f"task {task['metadata']['name']}: phase {st.get('phase', '-')}, round {st.get('round', '-')}"
-        + (f" of {spec.get('totalEpochs')} epochs" if spec.get("totalEpochs") else "")
+        + (f" ({spec.get('totalEpochs')} epochs)" if spec.get("totalEpochs") else "")
         + f", merge {(spec.get('sync') or {}).get('mergeMethod', 'mean')}",
     ]
     reason = _reason(st)
     if reason:
         lines.append(f"  {reason}")
+    last = st.get("lastRound") or {}
+    if last:
+        lines.append(
+            f"  last round {last.get('round', '-')}: leader {last.get('leader') or '-'},"
+            f" participants {', '.join(last.get('participants') or []) or '-'},"
+            f" merged {str(last.get('mergedDigest') or '-')[:16]},"
+            f" ledger height {st.get('ledgerHeight', '-')}"
+        )
     table = [["NODE", "PHASE", "ROUND", "LOSS", "METRIC", "RESTARTS"]]
     for n in st.get("nodes") or ():
         table.append(

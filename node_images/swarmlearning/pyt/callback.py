@@ -22,7 +22,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import socket
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -48,6 +50,16 @@ class SwarmError(RuntimeError):
 
 def _loopback() -> bool:
     return os.environ.get("SWARM_LOOPBACK", "").strip().lower() in _TRUE
+
+
+def _exit_on_sigterm_as_pid_1() -> None:
+    """A container's PID 1 ignores signals it has no handler for, so a training script started as the
+    container's command would sit out the whole grace period when its pod is deleted. Exit instead, as
+    any other process would; a script's own SIGTERM handler is left alone."""
+    if os.getpid() != 1 or threading.current_thread() is not threading.main_thread():
+        return
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, lambda signum, _frame: os._exit(128 + signum))
 
 
 class SwarmCallback:
@@ -109,6 +121,7 @@ class SwarmCallback:
         """Connect to the SL node and start from the swarm's weights: an initial sync when the contract
         is new (all nodes start equal), else the latest merged model (late joiner or restart)."""
         self._started = True
+        _exit_on_sigterm_as_pid_1()
         if self.loopback:
             self.log.info("SWARM_LOOPBACK set: parameters valid, training locally without the swarm")
             return

@@ -59,6 +59,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="after the ML process finished, serve the final model until every participant has it, "
         "but at most this many seconds [SWARM_SL_LINGER_SECONDS]",
     )
+    parser.add_argument(
+        "--stay-until-stopped",
+        action=argparse.BooleanOptionalAction,
+        default=env("SWARM_SL_STAY_UNTIL_STOPPED", "false").lower() in _TRUE,
+        help="after serving the final model keep running until SIGTERM, as a pod's native sidecar must "
+        "(else the kubelet restarts it) [SWARM_SL_STAY_UNTIL_STOPPED]",
+    )
     parser.add_argument("--log-level", default=env("SWARM_LOG_LEVEL", "INFO"))
 
 
@@ -97,6 +104,7 @@ def run(args: argparse.Namespace) -> int:
         advertise_host=args.advertise_host,
         leader_eligible=str(args.leader_eligible).lower() in _TRUE,
         linger_seconds=args.linger,
+        stay_until_stopped=args.stay_until_stopped,
         fault=os.environ.get("SWARM_SL_FAULT", ""),
     )
 

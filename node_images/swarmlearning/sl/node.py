@@ -100,6 +100,10 @@ class SLConfig:
     """After the ML process finished, keep serving the final model until every live participant of the
     final round (and every announced late fetcher) recorded having it, but at most this many seconds
     (>= 0; 0 = exit at once)."""
+    stay_until_stopped: bool = False
+    """A pod's native sidecar: after serving the final model, keep running until stopped (SIGTERM).
+    A sidecar that exits on its own is restarted by the kubelet while its ML container still finishes
+    (writes the model, evaluates), and the restarted one would join the swarm again."""
     fault: str = ""
     """Test-only fault injection, see the module docstring."""
 
@@ -147,6 +151,8 @@ class SLNode:
         self._channel: asyncio.AbstractServer | None = None
         self._final: FinalRound | None = None
         self._stop_deferred = False
+        self._served = False
+        """The final model has been served to everyone who needs it: a stop signal stops at once."""
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -178,6 +184,10 @@ class SLNode:
                 w.cancel()
             if self._done.is_set() and not (stop and stop.is_set()):
                 await self._serve_final_model(stop)
+                self._served = True
+                if self.config.stay_until_stopped and stop is not None and not self._stop_deferred:
+                    log.info("final model served; waiting for the pod to stop this sidecar")
+                    await stop.wait()
         finally:
             await self.close()
 
@@ -187,7 +197,7 @@ class SLNode:
         participants may still need the final model from here. That one is deferred (the node stops
         when everyone has the model, at most ``linger_seconds``, and the pod's termination grace
         period bounds it too); a second signal stops at once."""
-        if self._done.is_set() and not self._stop_deferred and not stop.is_set():
+        if self._done.is_set() and not self._served and not self._stop_deferred and not stop.is_set():
             self._stop_deferred = True
             log.info(
                 "stop signal while serving the final model: stopping once every participant has it "

@@ -21,10 +21,17 @@ OUTPUT_SUBDIR = "swarm-output"
 
 @dataclass(frozen=True)
 class Peer:
-    """One selected LearningNode: its identity and spec."""
+    """One selected LearningNode: its identity, spec, and position among the task's peers.
+
+    ``index`` (0-based) of ``count`` follows status.peers, fixed when the task chose its peers, so a
+    restarted pod gets the same index (programs use it like torchrun's RANK/WORLD_SIZE, e.g. to pick a
+    data share).
+    """
 
     ref: ObjectRef
     spec: NodeSpec
+    index: int = 0
+    count: int = 1
 
 
 def pod_labels(task: ObjectRef, spec: TaskSpec, node: str, attempt: int) -> dict[str, str]:
@@ -64,6 +71,8 @@ def sync_env(
     weight = s.node_weightage if s.node_weightage is not None else peer.spec.node_weightage
     return {
         "SWARM_NODE_NAME": peer.ref.name,
+        "SWARM_PEER_INDEX": peer.index,
+        "SWARM_PEER_COUNT": peer.count,
         "SWARM_ORGANISATION": peer.spec.organisation or peer.ref.namespace,
         "SWARM_NETWORK": spec.network,
         "SWARM_TASK": task.name,
@@ -138,7 +147,16 @@ def task_pod(
         "restartPolicy": "Always",  # native sidecar: stopped (SIGTERM) when the ML container exits
         "command": ["python", "-m", "swarmlearning.sl"],
         "ports": [{"name": "sl", "containerPort": peer.spec.port, "protocol": "TCP"}],
-        "env": common.env({"HOME": "/tmp", "SWARM_SL_LINGER_SECONDS": SL_LINGER_SECONDS, **env}) + downward,
+        "env": common.env(
+            {
+                "HOME": "/tmp",
+                "SWARM_SL_LINGER_SECONDS": SL_LINGER_SECONDS,
+                # A native sidecar that exits on its own is restarted: it waits for the kubelet's SIGTERM.
+                "SWARM_SL_STAY_UNTIL_STOPPED": True,
+                **env,
+            }
+        )
+        + downward,
         "securityContext": common.container_security_context(),
         "volumeMounts": [
             channel_mount,
@@ -151,6 +169,8 @@ def task_pod(
         "image": spec.image or peer.spec.ml_image,
         "imagePullPolicy": peer.spec.image_pull_policy,
         "env": common.env({"HOME": "/tmp", **env}) + downward + common.env(dict(spec.env)),
+        # A failed program's log tail becomes its termination message: the task's Failed condition quotes it.
+        "terminationMessagePolicy": "FallbackToLogsOnError",
         "securityContext": common.container_security_context(),
         "volumeMounts": [
             channel_mount,

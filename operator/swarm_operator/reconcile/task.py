@@ -23,7 +23,7 @@ from ..selection import Candidate, select_peers
 from ..specs import NodeSpec, ObjectRef, SpecError, TaskSpec
 from . import network as network_reconciler
 from .context import Context
-from .pods import attempt, is_active, is_terminating, phase
+from .pods import attempt, failure_reason, is_active, is_terminating, phase
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +56,8 @@ class NodeOutcome:
     done_ok: bool = False
     done_failed: bool = False
     pod: Obj | None = None
+    reason: str = ""
+    """Why its latest pod failed (container reason and exit code), empty otherwise."""
 
 
 def _write(
@@ -108,6 +110,12 @@ def _reconcile(ctx: Context, body: Obj) -> None:
         return
     if old.get("phase") in st.TaskPhase.TERMINAL:
         _stop_leftovers(ctx, owner)
+        # The ledger is read in the background: the last rounds may be committed after the view the
+        # final verdict was written with. Keep folding them in (the periodic resync brings us here).
+        net = ctx.kube.get_custom(names.NETWORKS, owner.namespace, spec.network)
+        progress = _progress(ctx, owner, spec, net) if net is not None else None
+        if progress is not None:
+            ctx.write_status(names.TASKS, body, {**old, **_ledger_fields(progress, old)})
         return
 
     # ------------------------------------------------------------ checks before creating anything
@@ -227,7 +235,7 @@ def _reconcile(ctx: Context, body: Obj) -> None:
     ]
     outcomes: list[NodeOutcome] = []
     to_create: list[tuple[Peer, int]] = []
-    for node in chosen:
+    for index, node in enumerate(chosen):
         node_pods = sorted(by_node.get(node, []), key=attempt)
         outcome, next_attempt = _observe(spec, node, node_pods)
         outcomes.append(outcome)
@@ -241,7 +249,7 @@ def _reconcile(ctx: Context, body: Obj) -> None:
             except SpecError:
                 outcomes[-1] = NodeOutcome(node, "Failed", outcome.restarts, done_failed=True)
                 continue
-            to_create.append((Peer(ObjectRef.from_body(nbody), nspec), next_attempt))
+            to_create.append((Peer(ObjectRef.from_body(nbody), nspec, index, len(chosen)), next_attempt))
 
     verdict = _verdict(spec, outcomes)
     if verdict is None:
@@ -259,6 +267,8 @@ def _reconcile(ctx: Context, body: Obj) -> None:
     node_status = []
     for o in outcomes:
         entry: dict[str, Any] = {"name": o.name, "phase": o.phase, "restarts": o.restarts}
+        if o.reason:
+            entry["message"] = o.reason
         if progress is not None and o.name in progress.nodes:
             np = progress.nodes[o.name]
             entry["round"] = np.round
@@ -276,9 +286,7 @@ def _reconcile(ctx: Context, body: Obj) -> None:
         "nodes": node_status,
         "startTime": old.get("startTime") or st.now(),
     }
-    round_no = progress.round if progress is not None else old.get("round")
-    if round_no is not None:
-        extra["round"] = round_no
+    extra.update(_ledger_fields(progress, old))
     location = _model_location(owner, nodes, outcomes)
     if location:
         extra["modelLocation"] = location
@@ -362,8 +370,10 @@ def _observe(spec: TaskSpec, node: str, pods: list[Obj]) -> tuple[NodeOutcome, i
         return NodeOutcome(node, p, restarts, done_ok=True, pod=latest), None
     if p == "Failed":
         if spec.pod_failed == "Restart" and restarts < spec.max_restarts:
-            return NodeOutcome(node, "Restarting", restarts, pod=latest), n + 1
-        return NodeOutcome(node, p, restarts, done_failed=True, pod=latest), None
+            return NodeOutcome(node, "Restarting", restarts, pod=latest, reason=failure_reason(latest)), n + 1
+        return NodeOutcome(
+            node, p, restarts, done_failed=True, pod=latest, reason=failure_reason(latest)
+        ), None
     if is_terminating(latest):
         # Deleted by someone while running: start the same attempt again once it is gone.
         return NodeOutcome(node, "Pending", restarts, pod=latest), None
@@ -379,9 +389,15 @@ def _verdict(spec: TaskSpec, outcomes: list[NodeOutcome]) -> tuple[bool, str, st
     q = spec.sync.min_peers
     ok = [o.name for o in outcomes if o.done_ok]
     bad = [o.name for o in outcomes if o.done_failed]
+    why = "; ".join(f"{o.name}: {o.reason}" for o in outcomes if o.done_failed and o.reason)
     open_ = [o.name for o in outcomes if not (o.done_ok or o.done_failed)]
     if bad and spec.pod_failed == "FailTask":
-        return False, "PodFailed", f"pod of {', '.join(bad)} failed and spec.failurePolicy.podFailed=FailTask"
+        return (
+            False,
+            "PodFailed",
+            f"pod of {', '.join(bad)} failed and spec.failurePolicy.podFailed=FailTask"
+            + (f" ({why})" if why else ""),
+        )
     if len(ok) + len(open_) < q:
         return (
             False,
@@ -389,6 +405,7 @@ def _verdict(spec: TaskSpec, outcomes: list[NodeOutcome]) -> tuple[bool, str, st
             (
                 f"only {len(ok)} peer(s) succeeded and {len(open_)} still running, fewer than minPeers={q};"
                 f" failed: {', '.join(bad)} (after up to {spec.max_restarts} restarts)"
+                + (f"; {why}" if why else "")
             ),
         )
     if not open_:
@@ -416,6 +433,26 @@ def _progress(ctx: Context, owner: ObjectRef, spec: TaskSpec, net: Obj) -> Ledge
         f"task/{owner.namespace}/{owner.name}", endpoints, ca, spec.contract(owner.name)
     )
     return view
+
+
+def _ledger_fields(progress: LedgerView | None, old: dict[str, Any]) -> dict[str, Any]:
+    """Status fields read from the ledger: round, ledgerHeight, lastRound. They keep their last value
+    while the ledger is out of reach (progress None)."""
+    out = {k: old[k] for k in ("round", "ledgerHeight", "lastRound") if old.get(k) is not None}
+    if progress is None:
+        return out
+    out["round"] = progress.round
+    out["ledgerHeight"] = progress.height
+    if progress.last is not None:
+        last = progress.last
+        out["lastRound"] = {
+            "round": last.round,
+            "leader": last.leader,
+            "participants": list(last.participants),
+            "mergedDigest": last.merged_digest,
+            "mergeMethod": last.merge_method,
+        }
+    return out
 
 
 def _model_location(owner: ObjectRef, nodes: dict[str, Obj], outcomes: list[NodeOutcome]) -> str | None:

@@ -1,0 +1,487 @@
+"""The swarm trains inside Kubernetes, end to end, on the test bed's real node.
+
+What a user does, in order: `helm install` the chart (the operator runs as the chart's Deployment with its
+ServiceAccount), `kubectl apply` examples/k8s/minimal-swarm.yaml (a 3-member SwarmNetwork, three sites
+with data PVCs, the digits SwarmTask), wait for the task, read its progress, fetch the merged model,
+audit the ledger. Then faults during a second training: a site's pod deleted, an SN member deleted, the
+operator restarted; and a training program that exits non-zero.
+
+The tests of this module share one swarm (built once, in file order); each asserts one part of it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hashlib
+import json
+import os
+import re
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+import yaml
+
+from tests.testbed.cluster import Cluster
+
+pytestmark = pytest.mark.e2e
+
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLE = REPO / "examples" / "k8s" / "minimal-swarm.yaml"
+CHART = REPO / "charts" / "swarm-learning"
+NS = "e2e"
+OPERATOR_NS = "swarm-system"
+NETWORK = "demo"
+TASK = "digits"
+SITES = ("site-a", "site-b", "site-c")
+DEMO_ACCURACY = 0.967
+"""What `make demo` reaches on the digits (seed 0, README); the cluster's model must be within 2 points."""
+
+T = TypeVar("T")
+
+
+# ------------------------------------------------------------------------------------------ helpers
+
+
+def poll(what: str, probe: Callable[[], T | None], timeout: float, diagnose: Callable[[], str]) -> T:
+    """Call ``probe`` every 2 s until it returns a value; on timeout fail naming ``what`` plus diagnostics."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = probe()
+        if value is not None and value is not False:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}\n{diagnose()}")
+        time.sleep(2)
+
+
+@dataclass
+class Swarm:
+    """The cluster with the chart and the example applied; what the tests read it through."""
+
+    cluster: Cluster
+    work: Path
+    started: float = 0.0
+    """time.monotonic() of `helm install`."""
+
+    def get(self, kind: str, name: str, ns: str = NS) -> dict[str, Any]:
+        return json.loads(self.cluster.kubectl("get", kind, name, "-n", ns, "-o", "json").stdout)
+
+    def items(self, kind: str, *selector: str, ns: str = NS) -> list[dict[str, Any]]:
+        out = self.cluster.kubectl("get", kind, "-n", ns, "-o", "json", *selector).stdout
+        return list(json.loads(out)["items"])
+
+    def task_status(self, name: str = TASK) -> dict[str, Any]:
+        return self.get("swarmtask", name).get("status") or {}
+
+    def diagnose(self) -> str:
+        """What a person would look at when a wait times out: resources, pods, events, operator log."""
+        parts = []
+        for args in (
+            ("get", "swarm,pods,pvc", "-n", NS, "-o", "wide"),
+            ("get", "events", "-n", NS, "--sort-by=.lastTimestamp"),
+            ("get", "pods", "-n", OPERATOR_NS, "-o", "wide"),
+            ("logs", "-n", OPERATOR_NS, "deploy/swarm-swarm-learning", "--tail=40"),
+        ):
+            r = self.cluster.kubectl(*args, check=False)
+            parts.append(f"$ kubectl {' '.join(args)}\n{(r.stdout + r.stderr)[-4000:]}")
+        for pod in self.items("pods"):
+            name = pod["metadata"]["name"]
+            for c in ("sl", "ml", "sn"):
+                r = self.cluster.kubectl("logs", "-n", NS, name, "-c", c, "--tail=15", check=False)
+                if r.returncode == 0 and r.stdout.strip():
+                    parts.append(f"--- {name}/{c}\n{r.stdout[-2500:]}")
+        return "\n".join(parts)
+
+    def wait_task(self, name: str, phase: str, timeout: float) -> dict[str, Any]:
+        def reached() -> dict[str, Any] | None:
+            st = self.task_status(name)
+            if st.get("phase") in ("Succeeded", "Failed") and st.get("phase") != phase:
+                raise AssertionError(
+                    f"SwarmTask {name} ended {st.get('phase')}, not {phase}: {st}\n{self.diagnose()}"
+                )
+            return st if st.get("phase") == phase else None
+
+        return poll(f"SwarmTask {name} to be {phase}", reached, timeout, self.diagnose)
+
+    def swarmctl(
+        self, *args: str, check: bool = True, timeout: float = 300
+    ) -> subprocess.CompletedProcess[str]:
+        argv = [str(REPO / ".venv" / "bin" / "swarmctl"), *args]
+        r = subprocess.run(argv, capture_output=True, text=True, env=self.cluster.env(), timeout=timeout)
+        if check and r.returncode != 0:
+            raise AssertionError(
+                f"swarmctl {' '.join(args)} failed ({r.returncode}):\n{r.stderr}\n{r.stdout}"
+            )
+        return r
+
+    @contextlib.contextmanager
+    def port_forward(self, target: str, port: int, ns: str = NS) -> Iterator[int]:
+        """`kubectl port-forward` to ``target`` (e.g. pod/demo-sn-0); yields the local port on 127.0.0.1."""
+        proc = subprocess.Popen(
+            [
+                str(self.cluster.kubectl_bin),
+                "port-forward",
+                "-n",
+                ns,
+                "--address",
+                "127.0.0.1",
+                target,
+                f":{port}",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=self.cluster.env(),
+            start_new_session=True,
+        )
+        try:
+            assert proc.stdout is not None
+            line = proc.stdout.readline()  # "Forwarding from 127.0.0.1:PORT -> 30304"; EOF if it failed
+            m = re.search(r"127\.0\.0\.1:(\d+)", line)
+            if not m:
+                proc.kill()
+                raise AssertionError(
+                    f"kubectl port-forward {target} failed: {line}{proc.communicate(timeout=10)[1]}"
+                )
+            yield int(m[1])
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+            for stream in (proc.stdout, proc.stderr):
+                if stream is not None:
+                    stream.close()
+
+    def reader_cert(self) -> Path:
+        """A certificate from the swarm's CA for the operator's read-only etcd user (the sentinel made it)."""
+        from swarmlearning import pki
+
+        out = self.work / "reader"
+        if not (out / "tls.crt").is_file():
+            secret = self.get("secret", f"{NETWORK}-ca")
+            ca_dir = self.work / "ca"
+            ca_dir.mkdir(parents=True, exist_ok=True)
+            for key in ("ca.crt", "ca.key"):
+                (ca_dir / key).write_bytes(base64.b64decode(secret["data"][key]))
+            pki.issue_node_cert(ca_dir, out, "swarm-operator", "e2e", "operator")
+        return out
+
+    def ledger(self, fn: Callable[[Any], Any]) -> Any:
+        """Run ``await fn(ledger)`` against the in-cluster SN through a port-forward to member 0."""
+        from swarmlearning import pki
+        from swarmlearning.ledger import connected
+
+        cert = pki.NodeCert.load(self.reader_cert())
+
+        async def run(port: int) -> Any:
+            async with connected([f"127.0.0.1:{port}"], cert, timeout=15) as ledger:
+                return await fn(ledger)
+
+        with self.port_forward(f"pod/{NETWORK}-sn-0", 30304) as port:
+            return asyncio.run(asyncio.wait_for(run(port), 60))
+
+    def round_records(self, contract: str) -> dict[int, Any]:
+        async def read(ledger: Any) -> list[Any]:
+            return list(await ledger.records(contract))
+
+        rounds: dict[int, Any] = {}
+        for rec in self.ledger(read):
+            if rec.kind == "round":
+                n = int(rec.body["round"])
+                assert n not in rounds, f"round {n} of {contract} committed twice"
+                rounds[n] = rec
+        return rounds
+
+
+def _values_for_local_images() -> list[str]:
+    """Chart values: the locally built images are already in the node's containerd; never pull them."""
+    return ["--set", "images.operator.pullPolicy=Never"]
+
+
+# ------------------------------------------------------------------------------------------ fixtures
+
+
+@pytest.fixture(scope="module")
+def swarm(real_cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Swarm]:
+    s = Swarm(real_cluster, tmp_path_factory.mktemp("e2e"), time.monotonic())
+    s.cluster.helm(
+        "install", "swarm", str(CHART), "-n", OPERATOR_NS, "--create-namespace",
+        *_values_for_local_images(), "--wait", "--timeout", "300s",
+        timeout=360,
+    )  # fmt: skip
+    s.cluster.kubectl("create", "namespace", NS)
+    s.cluster.kubectl("apply", "-n", NS, "-f", str(EXAMPLE))
+    try:
+        yield s
+    finally:
+        # The cluster itself goes with the session; remove what we made so a shared cluster stays clean.
+        s.cluster.kubectl("delete", "namespace", NS, "--wait=false", check=False)
+        s.cluster.helm("uninstall", "swarm", "-n", OPERATOR_NS, check=False)
+
+
+# ------------------------------------------------------------------------------------------ tests
+
+
+def test_sn_members_form_a_three_member_etcd_with_mtls_auth_on_provisioned_volumes(swarm: Swarm) -> None:
+    net = poll(
+        "SwarmNetwork demo to have 3 ready members",
+        lambda: (lambda st: st if st.get("membersReady") == 3 else None)(
+            swarm.get("swarmnetwork", NETWORK).get("status") or {}
+        ),
+        420,
+        swarm.diagnose,
+    )
+    assert net["phase"] == "Ready", net
+    pvcs = {p["metadata"]["name"]: p for p in swarm.items("pvc")}
+    for i in range(3):
+        pvc = pvcs[f"{NETWORK}-sn-data-{i}"]
+        assert pvc["status"]["phase"] == "Bound", pvc["status"]
+        pv = swarm.get("pv", pvc["spec"]["volumeName"], ns="")
+        assert pv["spec"]["storageClassName"] == "local-path", "provisioned by the default StorageClass"
+
+    async def members(ledger: Any) -> list[Any]:
+        return list(await ledger.etcd.member_list())
+
+    # A member's pod is Ready once its etcd serves; its promotion from learner follows a moment later.
+    want = [f"{NETWORK}-sn-{i}" for i in range(3)]
+    listed = poll(
+        "etcd to list the 3 SN members as voting members",
+        lambda: (lambda ms: ms if sorted(m.name for m in ms if not m.is_learner) == want else None)(
+            swarm.ledger(members)
+        ),
+        120,
+        lambda: f"members: {swarm.ledger(members)}\n{swarm.diagnose()}",
+    )
+    assert all(u.startswith("https://") for m in listed for u in m.peer_urls + m.client_urls), listed
+
+    # mTLS: a client whose certificate is not from the swarm's CA is refused.
+    from swarmlearning import pki
+    from swarmlearning.etcd import EtcdClient, EtcdError
+
+    foreign = swarm.work / "foreign"
+    pki.create_ca(foreign / "ca", "not-the-swarm")
+    stranger = pki.issue_node_cert(foreign / "ca", foreign / "id", "swarm-operator", "x", "operator")
+
+    async def connect(port: int) -> None:
+        client = await EtcdClient.connect([f"127.0.0.1:{port}"], stranger, timeout=5)
+        try:
+            await client.get("/swarm/")
+        finally:
+            await client.close()
+
+    with swarm.port_forward(f"pod/{NETWORK}-sn-1", 30304) as port, pytest.raises(EtcdError):
+        asyncio.run(asyncio.wait_for(connect(port), 30))
+
+    # auth: the read-only identity cannot write.
+    async def write(ledger: Any) -> None:
+        await ledger.etcd.put("/swarm/e2e-probe", b"x")
+
+    with pytest.raises(EtcdError, match="(?i)permission"):
+        swarm.ledger(write)
+
+
+def test_digits_task_trains_in_pods_and_succeeds_with_ledger_status(swarm: Swarm) -> None:
+    st = swarm.wait_task(TASK, "Succeeded", 1500)
+    took = time.monotonic() - swarm.started
+    print(f"\ne2e: helm install to SwarmTask {TASK} Succeeded in {took:.0f} s, {st.get('round')} rounds")
+    assert st["round"] >= 10, st
+    assert sorted(st["peers"]) == list(SITES)
+    last = st["lastRound"]
+    assert last["round"] == st["round"] and last["leader"] in SITES, last
+    assert set(last["participants"]) <= set(SITES) and len(last["participants"]) >= 2, last
+    assert re.fullmatch(r"[0-9a-f]{64}", last["mergedDigest"]), last
+    assert st["ledgerHeight"] > st["round"], st
+    for pod in swarm.items("pods", "-l", f"swarmlearning.dev/task={TASK}"):
+        (sl,) = pod["status"]["initContainerStatuses"]
+        assert sl["restartCount"] == 0, f"the SL sidecar of {pod['metadata']['name']} exited on its own"
+    for node in st["nodes"]:
+        assert node["phase"] == "Succeeded", node
+        assert node["round"] >= 1 and node["loss"] >= 0 and 0 < node["metric"] <= 1, node
+    conds = {c["type"]: c for c in st["conditions"]}
+    assert conds["Complete"]["status"] == "True", conds
+    assert st["modelLocation"].startswith("pvc://site-"), st
+    # The ML container ran the default program and trained (its own words, from the pod log).
+    pod = f"{TASK}-site-a-0"
+    log = swarm.cluster.kubectl("logs", "-n", NS, pod, "-c", "ml").stdout
+    assert "merged model: test accuracy" in log, log[-2000:]
+
+
+def test_progress_and_kubectl_get_show_rounds_leader_and_loss(swarm: Swarm) -> None:
+    st = swarm.task_status()
+    out = swarm.swarmctl("task", "progress", TASK, "-n", NS).stdout
+    assert f"round {st['round']}" in out and f"leader {st['lastRound']['leader']}" in out, out
+    for site in SITES:
+        assert re.search(rf"^\s+{site}\s+Succeeded\s+\d+\s+[\d.]+\s+[\d.]+\s+0$", out, re.M), out
+    table = swarm.cluster.kubectl("get", "swarm", "-n", NS, "-o", "wide").stdout
+    row = next(line for line in table.splitlines() if line.startswith(f"swarmtask.swarmlearning.dev/{TASK} "))
+    assert "Succeeded" in row and st["lastRound"]["leader"] in row and str(st["ledgerHeight"]) in row, table
+
+
+def test_fetched_model_is_the_final_round_and_as_accurate_as_the_demo(swarm: Swarm) -> None:
+    import torch
+    from safetensors.torch import load_file
+    from swarmlearning.demo import digits
+
+    out = swarm.work / "model.safetensors"
+    swarm.swarmctl("model", "fetch", TASK, "-n", NS, "-o", str(out))
+    digest = hashlib.sha256(out.read_bytes()).hexdigest()
+    rounds = swarm.round_records(TASK)
+    final = rounds[max(rounds)]
+    assert digest == final.body["merged_digest"], f"fetched {digest}, final round {max(rounds)}: {final.body}"
+    # The operator reads the ledger in the background: its status reaches the final round soon after.
+    poll(
+        f"status.lastRound to show the final round {max(rounds)}",
+        lambda: (swarm.task_status().get("lastRound") or {}).get("mergedDigest") == digest or None,
+        120,
+        lambda: f"status: {swarm.task_status()}",
+    )
+    model = digits.build_model()
+    model.load_state_dict(load_file(str(out)))
+    test = digits.site_data(swarm.work / "no-data", 0, 3)[2]
+    assert test is not None
+    with torch.no_grad():
+        acc = digits.accuracy(model, test)
+    print(f"\ne2e: fetched merged model: test accuracy {acc:.4f} (make demo {DEMO_ACCURACY:.4f})")
+    assert acc >= DEMO_ACCURACY - 0.02, acc
+
+
+def test_ledger_verifies_against_the_in_cluster_sn(swarm: Swarm) -> None:
+    with swarm.port_forward(f"svc/{NETWORK}-sn", 30304) as port:
+        r = swarm.swarmctl(
+            "ledger", "verify", "--endpoints", f"127.0.0.1:{port}", "--cert-dir", str(swarm.reader_cert())
+        )
+    assert re.search(r"\bok\b|verified", r.stdout, re.I), r.stdout
+    rounds = swarm.round_records(TASK)
+    assert sorted(rounds) == list(range(1, max(rounds) + 1)), "round numbers are contiguous, none lost"
+
+
+def test_pods_run_with_the_restricted_security_settings(swarm: Swarm) -> None:
+    pods = swarm.items("pods") + swarm.items("pods", ns=OPERATOR_NS)
+    checked = 0
+    for pod in pods:
+        spec = pod["spec"]
+        if pod["metadata"]["name"].startswith(f"{TASK}-fetch-"):
+            continue
+        psc = spec.get("securityContext") or {}
+        for c in spec.get("initContainers", []) + spec["containers"]:
+            sc = {**psc, **(c.get("securityContext") or {})}
+            where = f"{pod['metadata']['name']}/{c['name']}"
+            assert sc.get("runAsNonRoot") is True, where
+            assert sc.get("readOnlyRootFilesystem") is True, where
+            assert sc.get("allowPrivilegeEscalation") is False, where
+            assert (sc.get("seccompProfile") or {}).get("type") == "RuntimeDefault", where
+            assert "ALL" in ((sc.get("capabilities") or {}).get("drop") or []), where
+            checked += 1
+    assert checked >= 3 + 2 * 3 + 1, f"SN, task (SL + ML) and operator containers: {checked}"
+    # ... and they really ran so: the SN member's processes run as the node uid, not root.
+    r = swarm.cluster.kubectl(
+        "exec", "-n", NS, f"{NETWORK}-sn-0", "--", "python3", "-c", "import os; print(os.getuid())"
+    )
+    assert r.stdout.strip() == "65532", r.stdout
+
+
+FAULT_TASK = "digits-faults"
+
+
+def _fault_task() -> dict[str, Any]:
+    """A longer run of the example's task, with a short full-quorum wait so a missing site costs little."""
+    docs = [d for d in yaml.safe_load_all(EXAMPLE.read_text()) if d and d["kind"] == "SwarmTask"]
+    task = docs[0]
+    task["metadata"] = {"name": FAULT_TASK}
+    task["spec"]["totalEpochs"] = 40
+    task["spec"]["sync"]["fullQuorumWaitSeconds"] = 5
+    return task
+
+
+def test_training_survives_a_deleted_site_pod_sn_member_and_operator(swarm: Swarm) -> None:
+    swarm.cluster.kubectl("apply", "-n", NS, "-f", "-", input=yaml.safe_dump(_fault_task()))
+
+    def at_round(n: int) -> Callable[[], int | None]:
+        return lambda: (lambda r: r if r is not None and r >= n else None)(
+            swarm.task_status(FAULT_TASK).get("round")
+        )
+
+    poll(f"{FAULT_TASK} round 3", at_round(3), 600, swarm.diagnose)
+
+    # 1. A site's pod is deleted mid-training: the operator starts it again, it rejoins from the ledger.
+    victim = f"{FAULT_TASK}-site-b-0"
+    victim_uid = swarm.get("pod", victim)["metadata"]["uid"]
+    swarm.cluster.kubectl("delete", "pod", "-n", NS, victim, "--wait=false")
+    deleted_round = int(swarm.task_status(FAULT_TASK).get("round") or 0)
+
+    def replacement() -> dict[str, Any] | None:
+        site_b = f"swarmlearning.dev/task={FAULT_TASK},swarmlearning.dev/learning-node=site-b"
+        for p in swarm.items("pods", "-l", site_b):
+            fresh = p["metadata"]["uid"] != victim_uid and not p["metadata"].get("deletionTimestamp")
+            if fresh and p["status"].get("phase") == "Running":
+                return p
+        return None
+
+    replaced = poll(f"a new Running pod for site-b after deleting {victim}", replacement, 300, swarm.diagnose)
+
+    # 2. An SN member is deleted: it comes back with its PVC and the chain goes on.
+    pvc_uid = swarm.get("pvc", f"{NETWORK}-sn-data-1")["metadata"]["uid"]
+    swarm.cluster.kubectl("delete", "pod", "-n", NS, f"{NETWORK}-sn-1", "--wait=true", timeout=180)
+    poll(
+        "SN member 1 back and the network at 3 ready members",
+        lambda: (
+            (swarm.get("swarmnetwork", NETWORK).get("status") or {}).get("membersReady") == 3
+            and any(
+                p["status"].get("phase") == "Running"
+                for p in swarm.items("pods", "-l", "swarmlearning.dev/member=1")
+            )
+        ),
+        300,
+        swarm.diagnose,
+    )
+    assert swarm.get("pvc", f"{NETWORK}-sn-data-1")["metadata"]["uid"] == pvc_uid, "same ledger volume"
+
+    # 3. The operator is restarted mid-task: no duplicate pods, status carries on.
+    before = swarm.task_status(FAULT_TASK)
+    operator = "app.kubernetes.io/component=operator,app.kubernetes.io/instance=swarm"
+    swarm.cluster.kubectl("delete", "pod", "-n", OPERATOR_NS, "-l", operator, "--wait=true", timeout=180)
+    swarm.cluster.kubectl(
+        "rollout", "status", "-n", OPERATOR_NS, "deploy/swarm-swarm-learning", "--timeout=180s", timeout=200
+    )
+    poll(
+        f"{FAULT_TASK} to make progress after the operator restart",
+        at_round(int(before.get("round") or 0) + 2),
+        600,
+        swarm.diagnose,
+    )
+
+    st = swarm.wait_task(FAULT_TASK, "Succeeded", 1500)
+    pods = swarm.items("pods", "-l", f"swarmlearning.dev/task={FAULT_TASK}")
+    names = [p["metadata"]["name"] for p in pods]
+    assert len(names) == len(set(names)) == 3, f"one pod per site, no duplicates: {names}"
+    rounds = swarm.round_records(FAULT_TASK)
+    assert sorted(rounds) == list(range(1, max(rounds) + 1)), "no round lost or committed twice"
+    assert max(rounds) == st["round"]
+    later = [n for n, r in rounds.items() if n > deleted_round and "site-b" in r.body["participants"]]
+    assert later, "site-b took part in no round after its pod was replaced"
+    sl_log = swarm.cluster.kubectl("logs", "-n", NS, replaced["metadata"]["name"], "-c", "sl").stdout
+    assert "joining from the merged model of round" in sl_log, sl_log[-2000:]
+    with swarm.port_forward(f"svc/{NETWORK}-sn", 30304) as port:
+        swarm.swarmctl(
+            "ledger", "verify", "--endpoints", f"127.0.0.1:{port}", "--cert-dir", str(swarm.reader_cert())
+        )
+
+
+def test_a_training_program_that_exits_non_zero_fails_the_task_with_its_reason(swarm: Swarm) -> None:
+    task = _fault_task()
+    task["metadata"] = {"name": "bad-program"}
+    task["spec"]["command"] = ["python", "-c", "import sys; print('cannot read the site data'); sys.exit(3)"]
+    task["spec"]["failurePolicy"] = {"podFailed": "FailTask"}
+    swarm.cluster.kubectl("apply", "-n", NS, "-f", "-", input=yaml.safe_dump(task))
+    st = swarm.wait_task("bad-program", "Failed", 300)
+    failed = {c["type"]: c for c in st["conditions"]}["Failed"]
+    assert failed["status"] == "True" and failed["reason"] == "PodFailed", failed
+    assert "exit code 3" in failed["message"] and "cannot read the site data" in failed["message"], failed
