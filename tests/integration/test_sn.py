@@ -109,6 +109,18 @@ def test_clients_without_a_swarm_certificate_cannot_connect(sn_cluster, tmp_path
     assert asyncio.run(_roundtrip(cluster.endpoints, cluster.admin, "/t/ok")) == b"v-/t/ok"
 
 
+def test_a_joiner_whose_join_was_cut_short_joins_again_on_restart(sn_cluster) -> None:
+    """A pod killed while its etcd joined leaves a `member/` directory without a write-ahead log on its
+    volume (seen with a deleted SN pod on the real node): the restarted member must join, not crash-loop."""
+    cluster = sn_cluster(1)
+    cluster.provision("sn-1", "sn")
+    cfg = cluster.config("sn-1", join=tuple(cluster.endpoints))
+    (cfg.data_dir / "member" / "snap").mkdir(parents=True)  # what etcd creates before its WAL
+    cluster.start_node(cfg)
+    assert asyncio.run(_members(cluster.endpoints, cluster.admin)) == [("sn-0", False), ("sn-1", False)]
+    assert any((cfg.data_dir / "member" / "wal").glob("*.wal"))
+
+
 def test_sn_with_a_foreign_certificate_cannot_join(sn_cluster, tmp_path: Path) -> None:
     cluster = sn_cluster(1)
     other_ca = tmp_path / "other-ca"

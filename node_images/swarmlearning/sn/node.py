@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import shutil
 import signal
 import subprocess
 from collections.abc import Sequence
@@ -216,7 +217,11 @@ class SNNode:
             raise
 
     def _has_data(self) -> bool:
-        return (self.config.data_dir / "member").is_dir()
+        """A member that has started before: its write-ahead log exists. A ``member`` directory without
+        one is what a join cut short leaves (killed before etcd wrote its WAL); etcd cannot restart from
+        it, so `_join` removes it and joins again."""
+        wal = self.config.data_dir / "member" / "wal"
+        return wal.is_dir() and any(wal.glob("*.wal"))
 
     async def _bootstrap(self) -> None:
         c = self.config
@@ -235,6 +240,10 @@ class SNNode:
             self._spawn(f"{c.name}={c.peer_url}", "existing")
             await (await self._wait_serving([c.endpoint], "the restarted member to serve")).close()
             return
+        partial = c.data_dir / "member"
+        if partial.is_dir():
+            log.info("%s: removing %s left by a join that was cut short; joining again", c.name, partial)
+            shutil.rmtree(partial)
         try:
             client = await EtcdClient.connect(list(c.join), c.tls, timeout=c.start_timeout_s / 4)
         except EtcdError as e:
