@@ -193,6 +193,25 @@ def remove_stale_state_dirs() -> list[Path]:
 
 
 @contextlib.contextmanager
+def _started_plane(
+    nodes: list[NodeBackend] | None, keep_state: bool, timeout: float
+) -> Iterator[ControlPlane]:
+    """A control plane with ``nodes`` started in a fresh temporary state dir; stopped and the dir removed
+    on exit (unless ``keep_state``), also when the teardown reports leftovers."""
+    remove_stale_state_dirs()
+    plane = ControlPlane(Path(tempfile.mkdtemp(prefix=STATE_DIR_PREFIX)), nodes=nodes)
+    try:
+        plane.start(timeout=timeout)
+        yield plane
+    finally:
+        try:
+            plane.stop()
+        finally:
+            if not keep_state:
+                shutil.rmtree(plane.state_dir, ignore_errors=True)
+
+
+@contextlib.contextmanager
 def testbed_cluster(
     *, keep_state: bool = False, timeout: float = 120.0, nodes: list[NodeBackend] | None = None
 ) -> Iterator[Cluster]:
@@ -201,18 +220,8 @@ def testbed_cluster(
     ``keep_state`` keeps the dir (logs, etcd data) for debugging; ``timeout`` (s) bounds each startup wait;
     ``nodes`` are the node backends (default: the kwok nodes).
     """
-    remove_stale_state_dirs()
-    state_dir = Path(tempfile.mkdtemp(prefix=STATE_DIR_PREFIX))
-    plane = ControlPlane(state_dir, nodes=nodes)
-    try:
-        plane.start(timeout=timeout)
-        yield Cluster.for_testbed(plane.kubeconfig, plane.binaries, state_dir)
-    finally:
-        try:
-            plane.stop()
-        finally:  # a teardown that reports leftovers still removes the state dir
-            if not keep_state:
-                shutil.rmtree(state_dir, ignore_errors=True)
+    with _started_plane(nodes, keep_state, timeout) as plane:
+        yield Cluster.for_testbed(plane.kubeconfig, plane.binaries, plane.state_dir)
 
 
 testbed_cluster.__test__ = False  # type: ignore[attr-defined]  # a helper, not a test, when imported by tests
@@ -249,18 +258,14 @@ def realnode_cluster(
     removed = reclaim()  # before stale state dirs go: a SIGKILLed node may still have mounts in one
     if removed:
         print(f"real node: removed what an earlier run left: {', '.join(removed)}")
-    remove_stale_state_dirs()
-    state_dir = Path(tempfile.mkdtemp(prefix=STATE_DIR_PREFIX))
-    plane = ControlPlane(state_dir, nodes=backends)
-    try:
-        plane.start(timeout=timeout)
+    with _started_plane(backends, keep_state, timeout) as plane:
         timings = dict(node.timings, control_plane_and_node=plane.startup_seconds)
         if images is not None:
             started = time.monotonic()
             results = import_images(node, images)
             timings["image_import"] = time.monotonic() - started
             timings.update({f"import_{r.name}": r.seconds for r in results})
-        base = Cluster.for_testbed(plane.kubeconfig, plane.binaries, state_dir)
+        base = Cluster.for_testbed(plane.kubeconfig, plane.binaries, plane.state_dir)
         yield RealNodeCluster(
             kubeconfig=base.kubeconfig,
             bin_dir=base.bin_dir,
@@ -271,12 +276,6 @@ def realnode_cluster(
             images=images,
             timings=timings,
         )
-    finally:
-        try:
-            plane.stop()
-        finally:  # a teardown that reports leftovers still removes the state dir
-            if not keep_state:
-                shutil.rmtree(state_dir, ignore_errors=True)
 
 
 realnode_cluster.__test__ = False  # type: ignore[attr-defined]
