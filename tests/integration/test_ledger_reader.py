@@ -96,8 +96,8 @@ def test_reader_reports_a_real_swarm_with_per_node_loss_and_metric(
         contracts = {r.contract for r in rounds}
         assert len(contracts) == 1, contracts
         (contract,) = contracts
-        view = reader.read([swarm.sn_endpoint], ca, contract)
-        other = reader.read([swarm.sn_endpoint], ca, "no-such-contract")
+        view = reader.read(swarm.sn_endpoints, ca, contract)
+        other = reader.read(swarm.sn_endpoints, ca, "no-such-contract")
         metrics = swarm.metrics()
 
     assert truth.head is not None

@@ -12,6 +12,7 @@ import dataclasses
 import signal
 import socket
 import ssl
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -226,41 +227,6 @@ def test_a_participant_slow_to_fetch_the_final_model_still_gets_it(tmp_path: Pat
         assert_identical(final_models(swarm, names))
 
 
-def test_leader_killed_mid_merge_is_replaced(tmp_path: Path) -> None:
-    leader_timeout = 6
-    cfg = small_config(3, train={"epochs": 4}, leader_failure_timeout=leader_timeout)
-    fault = {"SWARM_SL_FAULT": "leader-sleep:120:3"}  # the attempt-0 leader of round 3 stalls before commit
-    with LocalSwarm(cfg, tmp_path / "run", node_env={n: fault for n in cfg.node_names()}) as swarm:
-        swarm.prepare()
-        swarm.start_all()
-
-        def sleeping_leader() -> str | None:
-            for name in swarm.nodes:
-                if "leader sleeping" in (swarm.run_dir / "logs" / f"{name}-sl.log").read_text(
-                    errors="replace"
-                ):
-                    return name
-            return None
-
-        leader = wait_for("the round-3 leader to stall before its commit", sleeping_leader, 90, swarm)
-        swarm.kill_node(leader)
-        survivors = [n for n in swarm.nodes if n != leader]
-        assert_all_succeeded(swarm, survivors)
-        record = round_records(swarm)[3]
-        assert record.author != leader
-        assert record.body["attempt"] >= 1
-        assert leader in record.body["rejected"]  # its input became unreachable with it
-        # The survivors gave up on the dead leader by its lost lease or by leaderFailureTimeoutSeconds
-        # (not by the 120 s stall ending); what they logged says which.
-        gave_up = (
-            "attempt 0, leader {l}: the leader's lease expired before it committed; moving to attempt 1",
-            f"attempt 0, leader {{l}}: no result within {leader_timeout}s; moving to attempt 1",
-        )
-        logs = [sl_log(swarm, n) for n in survivors]
-        assert any(g.format(l=leader) in text for g in gave_up for text in logs), [t[-1500:] for t in logs]
-        assert_identical(final_models(swarm, survivors))
-
-
 def test_below_quorum_waits_then_fails_clearly(tmp_path: Path) -> None:
     cfg = small_config(2, min_peers=3, quorum_timeout=10)
     with LocalSwarm(cfg, tmp_path / "run") as swarm:
@@ -277,8 +243,14 @@ def test_below_quorum_waits_then_fails_clearly(tmp_path: Path) -> None:
 
 def test_peer_with_nan_or_wrong_shapes_is_rejected_and_swarm_goes_on(tmp_path: Path) -> None:
     cfg = small_config(4, train={"epochs": 2})
-    env = {"node-3": {"SWARM_SL_FAULT": "nan"}, "node-4": {"SWARM_SL_FAULT": "shape"}}
-    with LocalSwarm(cfg, tmp_path / "run", node_env=env) as swarm:
+    # Poisoned training programs (tests/chaos/poison.py): a site whose weights went NaN, one whose
+    # model has another shape.
+    poison = ROOT / "tests" / "chaos" / "poison.py"
+    ml = {
+        n: [sys.executable, str(poison), "--kind", kind, str(DIGITS / "train.py")]
+        for n, kind in (("node-3", "nan"), ("node-4", "shape"))
+    }
+    with LocalSwarm(cfg, tmp_path / "run", ml_command=ml) as swarm:
         swarm.prepare()
         swarm.start_all()
         names = cfg.node_names()
@@ -361,7 +333,7 @@ def _raw_get(host: str, port: int, ctx: ssl.SSLContext) -> bytes:
 async def _members(swarm: LocalSwarm) -> list[Any]:
     from swarmlearning.ledger import Ledger
 
-    ledger = await Ledger.connect([swarm.sn_endpoint], pki.NodeCert.load(swarm.admin_cert_dir))
+    ledger = await Ledger.connect(swarm.sn_endpoints, pki.NodeCert.load(swarm.admin_cert_dir))
     try:
         return await ledger.members()
     finally:

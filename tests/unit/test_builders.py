@@ -225,7 +225,11 @@ def test_task_pod_shape_sidecar_channel_and_volumes() -> None:
     data_mounts = [m for m in ml["volumeMounts"] if m["name"] == "data"]
     assert {"name": "data", "mountPath": "/data", "readOnly": True} in data_mounts
     assert {"name": "data", "mountPath": "/data/swarm-output", "subPath": "swarm-output/train"} in data_mounts
-    assert "data" not in sl_mounts
+    # The SL container sees only its model archive on the site volume, never the private data.
+    assert sl_mounts["data"] == {
+        "name": "data", "mountPath": "/swarm/models", "subPath": "swarm-output/train/sl-models"
+    }
+    assert _env(sl)["SWARM_SL_MODEL_DIR"] == "/swarm/models"
 
 
 def test_task_pod_env_carries_sync_parameters() -> None:

@@ -190,6 +190,8 @@ class Ledger:
         self._member_value = b""
         self._rejoin: asyncio.Task[None] | None = None
         self._keepalive: asyncio.Task[None] | None = None
+        self._sessions: dict[str, bool] = {}
+        """Per contract: is this node's ML process connected (re-marked when the lease is renewed)."""
 
     @classmethod
     async def connect(cls, endpoints: Sequence[str], tls: pki.NodeCert, *, timeout: float = 10) -> Ledger:
@@ -355,6 +357,10 @@ class Ledger:
             self._keepalive.cancel()
         self._member_lease = await self.etcd.lease_grant(ttl_s)
         await self.etcd.put(keys.member_key(self.name), self._member_value, lease=self._member_lease)
+        for contract, training in self._sessions.items():
+            await self.etcd.put(
+                keys.session_key(self.name, contract), _session_value(training), lease=self._member_lease
+            )
 
         def lost(err: Exception) -> None:
             log.warning("membership of %s lost (%s); registering again", self.name, err)
@@ -378,6 +384,34 @@ class Ledger:
                     )
                 )
         return sorted(out, key=lambda m: m.name)
+
+    async def mark_session(self, contract: str, *, training: bool) -> None:
+        """Say whether this node's ML process for ``contract`` is connected (``training=True``, on hello)
+        or gone (finished or died). Rounds stop waiting for a node whose ML process is gone (without
+        this, a node whose ML process died would hold every round to its full-quorum wait), and a round
+        is not final while a node that is training missed it. On the membership lease, so a dead node's
+        mark goes with it; a node that never connected an ML process is waited for as before."""
+        check_contract_name(contract)
+        if not self._member_lease:
+            raise NotRegistered("mark_session needs register_member() first (the mark is leased)")
+        self._sessions[contract] = training
+        await self.etcd.put(
+            keys.session_key(self.name, contract), _session_value(training), lease=self._member_lease
+        )
+
+    async def sessions(self, contract: str) -> tuple[list[str], list[str]]:
+        """Live members (membership lease alive) that may still contribute to ``contract`` (no ML
+        process gone), and those with an ML process connected for it, by name."""
+        live: set[str] = set()
+        training: set[str] = set()
+        gone: set[str] = set()
+        for kv in await self.etcd.get_prefix(keys.NODES):
+            name, _, rest = kv.key[len(keys.NODES) :].partition("/")
+            if rest == "member":
+                live.add(name)
+            elif rest == f"session/{contract}":
+                (training if kv.value == _session_value(True) else gone).add(name)
+        return sorted(live - gone), sorted(live & training)
 
     # ------------------------------------------------------------------------------ contracts
 
@@ -486,7 +520,8 @@ class Ledger:
 
         Waits until ``min_peers`` (>= 1) live nodes are ready, then up to ``full_quorum_wait_s``
         seconds more for further peers; closes early when ``max_peers`` (0 = no limit) are ready or
-        every live member is. The first node to close wins a guarded append of the ``close`` record;
+        every live member that may still contribute (its ML process not gone, see :meth:`mark_session`)
+        is. The first node to close wins a guarded append of the ``close`` record;
         everyone gets the same :class:`RoundClose`. If more than ``max_peers`` are ready the earliest
         ones are taken. ``progress`` gets a line every few seconds saying what is awaited. Raises
         :class:`QuorumTimeout` after ``timeout_s`` seconds below quorum.
@@ -520,7 +555,7 @@ class Ledger:
                 can_lead = any(p.leader_eligible for p, _ in ready)
                 if n >= min_peers and can_lead:
                     quorum_since = now if quorum_since is None else quorum_since
-                    live = len(await self.members())
+                    live = len((await self.sessions(contract))[0])
                     if (
                         (max_peers and n >= max_peers)
                         or n >= live
@@ -738,6 +773,10 @@ class Ledger:
         _check_round(round_no)
         live, marks = await self._model_marks(contract, round_no)
         return model_delivery(round_no, tuple(participants), live, marks)
+
+
+def _session_value(training: bool) -> bytes:
+    return canonical_json({"ml": "connected" if training else "gone"})
 
 
 async def _first(*aws: Any) -> None:

@@ -15,6 +15,8 @@ key                                                value                        
 /swarm/nodes/<name>/certs/<fingerprint>            the node's certificate (PEM)           <name>
 /swarm/nodes/<name>/member                         endpoint, leader eligibility (leased)   <name>
 /swarm/nodes/<name>/ready/<contract>/<round>       digest, weight, samples (leased)       <name>
+/swarm/nodes/<name>/session/<contract>             its ML process connected or gone       <name>
+                                                   (leased)
 /swarm/nodes/<name>/leader/<contract>/<round>/<a>  leadership of attempt a (own lease)    <name>
 /swarm/nodes/<name>/models/<contract>/<round>      ``has`` the round's merged model, or   <name>
                                                    ``fetching`` it (leased while fetching)
@@ -92,6 +94,11 @@ def ready_prefix(name: str, contract: str) -> str:
 
 def ready_key(name: str, contract: str, round_no: int) -> str:
     return f"{ready_prefix(name, contract)}{round_no:08d}"
+
+
+def session_key(name: str, contract: str) -> str:
+    """Whether ``name``'s ML process for ``contract`` is connected or gone (on the membership lease)."""
+    return f"{NODES}{name}/session/{contract}"
 
 
 def leader_key(name: str, contract: str, round_no: int, attempt: int) -> str:

@@ -74,8 +74,8 @@ def run_example(
             emit(f"    {name}: {sum(counts)} training samples, per class {counts}")
         swarm.start_all()
         emit(
-            f">>> SN at {swarm.sn_endpoint}; {config.nodes} SL and {config.nodes} ML processes started "
-            f"(logs in {run_dir / 'logs'})"
+            f">>> SN at {','.join(swarm.sn_endpoints)}; {config.nodes} SL and {config.nodes} ML processes "
+            f"started (logs in {run_dir / 'logs'})"
         )
         codes = swarm.wait_ml(on_tick=lambda: progress.update(swarm.metrics()), fail_fast=True)
         progress.update(swarm.metrics(), final=True)

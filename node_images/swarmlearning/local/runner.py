@@ -8,6 +8,8 @@ Layout of a run folder::
     nodes/<node>/data/           the node's private train.npz and val.npz
     nodes/<node>/out/            model.safetensors (final merged), local-model.safetensors (own last)
     nodes/<node>/metrics.jsonl   what the node's SwarmCallback recorded
+    models/<contract>/           the merged models the SL nodes keep (newest round): a node restarted
+                                 after every other one exited still gets the final model from here
     logs/                        sn.log, <node>-sl.log, <node>-ml.log
 
 Every child runs in its own process group; :meth:`LocalSwarm.close` (also on errors and Ctrl-C, through
@@ -145,19 +147,24 @@ class LocalSwarm:
     """Start and supervise a local swarm; use as a context manager so everything is torn down.
 
     ``node_env``/``node_args``: per-node extra environment / train.py flag overrides (tests use them for
-    fault injection and shorter runs).
+    shorter runs). ``ml_command``: per-node program replacing ``python <script>`` (tests run a
+    misbehaving training program through it); the script's flags follow it.
+
+    Subclasses place processes elsewhere (the chaos harness: network namespaces) by overriding
+    :meth:`launch`, :meth:`start_sn`, :meth:`sl_listen` and :meth:`sl_advertise_host`.
     """
 
     config: RunConfig
     run_dir: Path
     node_env: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
     node_args: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    ml_command: Mapping[str, list[str]] = field(default_factory=dict)
     sl_linger_seconds: float = 30.0
     """Upper bound of an SL node serving the final model after its ML process finished; it exits as
     soon as every participant recorded having the model, so this only matters on slow machines."""
     nodes: dict[str, Node] = field(default_factory=dict)
     sn: Any = None
-    sn_endpoint: str = ""
+    sn_endpoints: list[str] = field(default_factory=list)
     n_classes: int = 0
 
     def __post_init__(self) -> None:
@@ -219,7 +226,24 @@ class LocalSwarm:
         )
         self.sn = SNNode(cfg)
         asyncio.run(self.sn.start())
-        self.sn_endpoint = cfg.endpoint
+        self.sn_endpoints = [cfg.endpoint]
+
+    @property
+    def model_dir(self) -> Path:
+        """Merged models every SL node keeps (one folder for the run, as if it were shared storage)."""
+        return self.run_dir / "models"
+
+    def launch(
+        self, name: str, cmd: list[str], log_path: Path, env: Mapping[str, str], cwd: Path | None = None
+    ) -> Proc:
+        """Start a child process of node or SN ``name`` (here: directly, on loopback)."""
+        return spawn(name, cmd, log_path, env, cwd)
+
+    def sl_listen(self, name: str) -> str:
+        return "127.0.0.1:0"
+
+    def sl_advertise_host(self, name: str) -> str:
+        return "127.0.0.1"
 
     def _env(self, node: Node) -> dict[str, str]:
         env = dict(os.environ)
@@ -251,17 +275,19 @@ class LocalSwarm:
             "--cert-dir",
             str(node.cert_dir),
             "--sn",
-            self.sn_endpoint,
+            ",".join(self.sn_endpoints),
             "--listen",
-            "127.0.0.1:0",
+            self.sl_listen(name),
             "--advertise-host",
-            "127.0.0.1",
+            self.sl_advertise_host(name),
             "--socket",
             str(node.socket_path),
             "--linger",
             str(self.sl_linger_seconds),
+            "--model-dir",
+            str(self.model_dir),
         ]
-        node.sl = spawn(f"{name}-sl", cmd, self.run_dir / "logs" / f"{name}-sl.log", self._env(node))
+        node.sl = self.launch(f"{name}-sl", cmd, self.run_dir / "logs" / f"{name}-sl.log", self._env(node))
 
     def wait_sl_ready(self, names: list[str], timeout: float = SOCKET_WAIT_SECONDS) -> None:
         deadline = time.monotonic() + timeout
@@ -285,15 +311,14 @@ class LocalSwarm:
         node.starts += 1
         args = self.config.script_args(self.node_args.get(name))
         cmd = [
-            sys.executable,
-            str(self.config.script),
+            *self.ml_command.get(name, [sys.executable, str(self.config.script)]),
             "--data-dir",
             str(node.data_dir),
             "--seed",
             str(self.config.seed + node.starts * 1000 + int(name.rsplit("-", 1)[-1])),
             *args,
         ]
-        node.ml = spawn(
+        node.ml = self.launch(
             f"{name}-ml",
             cmd,
             self.run_dir / "logs" / f"{name}-ml.log",
@@ -390,7 +415,7 @@ class LocalSwarm:
     async def _ledger_snapshot(self) -> Any:
         from swarmlearning.ledger import Ledger
 
-        ledger = await Ledger.connect([self.sn_endpoint], pki.NodeCert.load(self.admin_cert_dir))
+        ledger = await Ledger.connect(self.sn_endpoints, pki.NodeCert.load(self.admin_cert_dir))
         try:
             return await ledger.snapshot()
         finally:

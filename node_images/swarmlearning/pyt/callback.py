@@ -12,6 +12,8 @@ Environment:
 * ``SWARM_METRICS_FILE``: append one JSON line per sync/epoch/end (``swarmctl run`` reads it).
 * ``SWARM_MODEL_OUTPUT``: directory; on train end the final merged model is written there as
   ``model.safetensors`` and this node's own last local model as ``local-model.safetensors``.
+* ``SWARM_SL_RECONNECT_SECONDS`` (default 120): when the SL node goes away mid-training (it crashed
+  and is being restarted, e.g. a pod's SL sidecar), wait this long for it to come back, then resend.
 * ``SWARM_SYNC_FREQUENCY``, ``SWARM_MIN_PEERS``, ``SWARM_MERGE_METHOD`` … (the full list is
   ``swarmlearning.pyt.params.ENV_OVERRIDES``): override the script's values, so a SwarmTask's
   ``spec.sync`` governs a script written for HPE without editing it.
@@ -42,6 +44,8 @@ CONNECT_TIMEOUT_SECONDS = 120.0
 """How long the callback waits for its SL node's socket to appear."""
 REPLY_SLACK_SECONDS = 120.0
 """Added to the SL node's own timeouts: the SL replies with an error well before this runs out."""
+RECONNECT_SECONDS = 120.0
+"""Default of ``SWARM_SL_RECONNECT_SECONDS``."""
 
 
 class SwarmError(RuntimeError):
@@ -114,6 +118,9 @@ class SwarmCallback:
         self._client: ChannelClient | None = None
         self._metrics_path = os.environ.get("SWARM_METRICS_FILE")
         self._started = False
+        self._ended: dict[str, torch.Tensor] | None = None
+        """The contract's final model when this node started after its training had ended."""
+        self._reconnect_s = _reconnect_seconds()
 
     # ---------------- hooks ----------------
 
@@ -132,11 +139,21 @@ class SwarmCallback:
             self._client = ChannelClient(path, connect_timeout=CONNECT_TIMEOUT_SECONDS)
         except ChannelError as exc:
             raise SwarmError(str(exc)) from exc
-        reply = self._call(
-            Frame({"op": "hello", "node": self.node, "settings": self.params.contract_settings()})
-        )
+        reply = self._call(self._hello())
         latest = reply.header.get("latest_round")
-        if latest is not None:
+        if reply.header.get("ended"):
+            reply = self._call(Frame({"op": "latest"}))
+            self._load(reply)
+            self.round = reply.header.get("round")
+            self._ended = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+            self.log.warning(
+                "training of contract %r already ended (final round %s): loaded its final model; "
+                "this run trains locally and keeps that model as its output",
+                self.params.trainingContract,
+                self.round,
+            )
+            self._record("join", digest=reply.header.get("digest"), ended=True)
+        elif latest is not None:
             reply = self._call(Frame({"op": "latest"}))
             self._load(reply)
             self.round = reply.header.get("round")
@@ -150,7 +167,7 @@ class SwarmCallback:
         """Count a local batch; sync when ``sync_interval`` batches have passed since the last sync."""
         self._batches += 1
         self._batches_since_sync += 1
-        if self.loopback or self._batches_since_sync < self.sync_interval:
+        if self.loopback or self._ended is not None or self._batches_since_sync < self.sync_interval:
             return
         self._sync("round")
 
@@ -174,7 +191,9 @@ class SwarmCallback:
         self.local_state = {
             k: v.detach().clone() for k, v in self.model.state_dict().items() if isinstance(v, torch.Tensor)
         }
-        if not self.loopback:
+        if self._ended is not None:
+            self.model.load_state_dict(self._ended, strict=False)
+        elif not self.loopback:
             mode = self.params.checkinModelOnTrainEnd
             reply = self._call(
                 Frame(
@@ -247,23 +266,60 @@ class SwarmCallback:
             + REPLY_SLACK_SECONDS
         )
 
+    def _hello(self) -> Frame:
+        return Frame({"op": "hello", "node": self.node, "settings": self.params.contract_settings()})
+
     def _call(self, frame: Frame, timeout: float | None = 0.0) -> Frame:
         """Send a request; interim frames (progress notes from the SL node) are logged and reset the
-        timeout. ``timeout=None`` uses the quorum-based default per frame."""
+        timeout. ``timeout=None`` uses the quorum-based default per frame. If the SL node went away
+        (not a timeout), wait up to ``SWARM_SL_RECONNECT_SECONDS`` for it to come back and resend."""
         if self._client is None:
             raise SwarmError("SwarmCallback.on_train_begin() must be called before any other hook")
         per_frame = timeout if timeout else self._reply_timeout()
         try:
-            reply = self._client.request(frame, per_frame)
-            while reply.header.get("interim"):
-                if note := reply.header.get("message"):
-                    self.log.info("%s", note)
-                reply = self._client.read(per_frame)
+            reply = self._exchange(frame, per_frame)
         except ChannelError as exc:
-            raise SwarmError(f"swarm sync failed: {exc}") from exc
+            if isinstance(exc.__cause__, TimeoutError) or frame.header.get("op") == "hello":
+                raise SwarmError(f"swarm sync failed: {exc}") from exc
+            self._reconnect(exc)
+            try:
+                reply = self._exchange(frame, per_frame)
+            except ChannelError as again:
+                raise SwarmError(f"swarm sync failed after reconnecting to the SL node: {again}") from again
         if not reply.header.get("ok"):
             raise SwarmError(str(reply.header.get("error") or "the SL node reported an unknown error"))
         return reply
+
+    def _exchange(self, frame: Frame, per_frame: float) -> Frame:
+        assert self._client is not None
+        reply = self._client.request(frame, per_frame)
+        while reply.header.get("interim"):
+            if note := reply.header.get("message"):
+                self.log.info("%s", note)
+            reply = self._client.read(per_frame)
+        return reply
+
+    def _reconnect(self, cause: ChannelError) -> None:
+        """Connect to the (restarted) SL node again and say hello; raises SwarmError when it does not
+        come back within ``SWARM_SL_RECONNECT_SECONDS``."""
+        path = os.environ.get("SWARM_SL_SOCKET", "")
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+        if self._reconnect_s <= 0:
+            raise SwarmError(f"swarm sync failed: {cause} (SWARM_SL_RECONNECT_SECONDS=0)")
+        self.log.warning(
+            "lost the SL node (%s); waiting up to %gs for it to come back", cause, self._reconnect_s
+        )
+        try:
+            self._client = ChannelClient(path, connect_timeout=self._reconnect_s)
+            reply = self._exchange(self._hello(), self._reply_timeout())
+        except ChannelError as exc:
+            raise SwarmError(f"swarm sync failed: {cause}; the SL node did not come back: {exc}") from exc
+        if not reply.header.get("ok"):
+            raise SwarmError(str(reply.header.get("error") or "the SL node refused the reconnect"))
+        self.log.info("reconnected to the SL node; resending the request")
+        self._record("reconnect")
 
     def _load(self, reply: Frame) -> None:
         if not reply.payload:
@@ -308,6 +364,17 @@ class SwarmCallback:
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "model.safetensors").write_bytes(encode_state(self.model.state_dict()))
         (folder / "local-model.safetensors").write_bytes(encode_state(self.local_state))
+
+
+def _reconnect_seconds() -> float:
+    raw = os.environ.get("SWARM_SL_RECONNECT_SECONDS", "").strip()
+    try:
+        value = float(raw) if raw else RECONNECT_SECONDS
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= 86400:
+        raise ValueError(f"SWARM_SL_RECONNECT_SECONDS={raw!r}: must be a number of seconds in 0..86400")
+    return value
 
 
 def _fmt(value: float | None) -> str:

@@ -66,6 +66,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="after serving the final model keep running until SIGTERM, as a pod's native sidecar must "
         "(else the kubelet restarts it) [SWARM_SL_STAY_UNTIL_STOPPED]",
     )
+    parser.add_argument(
+        "--model-dir",
+        default=env("SWARM_SL_MODEL_DIR") or None,
+        help="keep merged models here and load them back on start, so the final model outlives the "
+        "swarm (the site's volume) [SWARM_SL_MODEL_DIR]",
+    )
+    parser.add_argument(
+        "--keep-round-models",
+        action=argparse.BooleanOptionalAction,
+        default=env("SWARM_SL_KEEP_ROUND_MODELS", "false").lower() in _TRUE,
+        help="with --model-dir: keep every round's merged model, not only the newest "
+        "[SWARM_SL_KEEP_ROUND_MODELS]",
+    )
     parser.add_argument("--log-level", default=env("SWARM_LOG_LEVEL", "INFO"))
 
 
@@ -105,6 +118,8 @@ def run(args: argparse.Namespace) -> int:
         leader_eligible=str(args.leader_eligible).lower() in _TRUE,
         linger_seconds=args.linger,
         stay_until_stopped=args.stay_until_stopped,
+        model_dir=Path(args.model_dir) if args.model_dir else None,
+        keep_round_models=args.keep_round_models,
         fault=os.environ.get("SWARM_SL_FAULT", ""),
     )
 

@@ -28,10 +28,11 @@ until every live participant of the final round, and every live announced fetche
 linger time (``--linger``) is only the upper bound, so a slow fetcher is not stranded and a normal run
 ends as soon as everyone has the model.
 
-Test-only fault injection (``SWARM_SL_FAULT``): ``nan`` / ``shape`` corrupt this node's inputs from
-round 2 on; ``leader-sleep:<seconds>:<round>`` makes the attempt-0 leader of that round sleep before
-committing (so a test can kill it mid-merge); ``fetch-sleep:<seconds>`` makes a non-leader sleep before
-downloading the merged model of the final round (a slow participant).
+Test-only fault injection (``SWARM_SL_FAULT``): ``fetch-sleep:<seconds>`` makes a non-leader sleep
+before downloading the merged model of the final round (a participant slow to fetch it). It is the one
+fault left in here: no signal or network fault from outside lands reliably in the milliseconds between
+the final commit and the download. Every other fault is injected from outside (signals, restarts,
+network namespaces: ``tests/chaos``; a poisoned input: a misbehaving ML program, ``tests/chaos/poison.py``).
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ from swarmlearning.ledger import (
     RoundClose,
 )
 from swarmlearning.merge import merge, validate_peer_model
+from swarmlearning.sl.archive import ModelArchive
 from swarmlearning.sl.channel import Frame, encode_frame, read_frame, write_frame
 from swarmlearning.sl.peers import HeldModel, ModelKey, ModelStore, PeerClient, PeerError, PeerServer
 from swarmlearning.sl.progress import Progress, round_extra
@@ -104,6 +106,13 @@ class SLConfig:
     """A pod's native sidecar: after serving the final model, keep running until stopped (SIGTERM).
     A sidecar that exits on its own is restarted by the kubelet while its ML container still finishes
     (writes the model, evaluates), and the restarted one would join the swarm again."""
+    model_dir: Path | None = None
+    """Where merged models are kept on disk (the site's volume; a local run's shared folder): written
+    every round (the newest replaces the previous unless ``keep_round_models``) and loaded back on start,
+    so a restarted node rejoins, serves and hands over the final model even when every other SL node has
+    exited. None = memory only."""
+    keep_round_models: bool = False
+    """With ``model_dir``: keep every round's merged model, not only the newest."""
     fault: str = ""
     """Test-only fault injection, see the module docstring."""
 
@@ -142,6 +151,9 @@ class SLNode:
         if self.cert.name != config.name:
             raise ValueError(f"--name {config.name!r} differs from the certificate CN {self.cert.name!r}")
         self.store = ModelStore()
+        self.archive = (
+            ModelArchive(config.model_dir, config.keep_round_models) if config.model_dir is not None else None
+        )
         self.peers = PeerClient(self.cert)
         self.server = PeerServer(self.cert, self.store, config.listen_host, config.listen_port)
         self.ledger: Ledger | None = None
@@ -159,6 +171,7 @@ class SLNode:
     async def run(self, stop: asyncio.Event | None = None) -> None:
         """Serve until the ML process finished and everyone has the final model (at most
         ``linger_seconds`` more), or until ``stop`` is set."""
+        self._load_archive()
         port = await self.server.start()
         self.endpoint = f"{self.config.advertise_host}:{port}"
         try:
@@ -243,6 +256,31 @@ class SLNode:
             if stop.is_set():
                 return
 
+    def _load_archive(self) -> None:
+        if self.archive is None:
+            return
+        for m in self.archive.latest():
+            self.store.put(ModelKey(m.contract, m.round_no, "merged"), m.data)
+            log.info(
+                "model archive: serving the merged model of round %d of %r (%s) from %s",
+                m.round_no,
+                m.contract,
+                m.digest[:12],
+                self.archive.root,
+            )
+
+    async def _archive(self, contract: str, round_no: int, data: bytes, digest_hex: str) -> None:
+        """Keep a merged model on disk; a full disk is logged, not fatal (the model is still in memory
+        and with every other participant)."""
+        if self.archive is None:
+            return
+        try:
+            await asyncio.to_thread(self.archive.save, contract, round_no, data, digest_hex)
+        except OSError as exc:
+            log.warning(
+                "round %d: could not keep the merged model in %s: %s", round_no, self.archive.root, exc
+            )
+
     async def _record_model(self, contract: str, round_no: int, digest_hex: str) -> None:
         """Tell the ledger this node holds the round's merged model. Advisory: a failure only makes
         the nodes serving it wait until their linger maximum, so it is logged, not raised."""
@@ -268,6 +306,7 @@ class SLNode:
     async def _serve_ml(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         session = _Session()
         finished = False
+        training = ""
         try:
             while (frame := await read_frame(reader)) is not None:
 
@@ -282,6 +321,9 @@ class SLNode:
                     except (RoundFailed, LedgerError, EtcdError, PeerError, ValueError) as exc:
                         log.error("%s", exc)
                         reply = Frame({"ok": False, "error": str(exc)})
+                if session.contract and not training and reply.header.get("ok"):
+                    training = session.contract
+                    await self._ledger().mark_session(training, training=True)
                 await write_frame(writer, reply)
                 if frame.header.get("op") == "finish" and reply.header.get("ok"):
                     finished = True
@@ -291,6 +333,12 @@ class SLNode:
             log.exception("ML channel handler failed")
         finally:
             writer.close()
+            if training:
+                # Rounds stop waiting for this node at once (a dead ML process contributes nothing).
+                if not finished:
+                    log.warning("ML process of contract %r disconnected before finishing", training)
+                with contextlib.suppress(EtcdError, LedgerError, RoundFailed):
+                    await self._ledger().mark_session(training, training=False)
             if finished:
                 self._done.set()
 
@@ -319,6 +367,8 @@ class SLNode:
                 {
                     "ok": True,
                     "latest_round": None if latest is None else latest.body["round"],
+                    # Training of this contract is over: a node (re)started now only takes the final model.
+                    "ended": latest is not None and _all_final(latest.body),
                     "contract_params": dict(s.params),
                 }
             )
@@ -399,7 +449,6 @@ class SLNode:
     ) -> _RoundResult:
         ledger = self._ledger()
         settings = s.settings
-        payload = self._inject_input_fault(payload, await ledger.current_round(s.contract))
         weight = float(header.get("weight", 1))
         samples = int(header.get("samples", 1))
         progress = Progress.from_header(header)
@@ -430,6 +479,7 @@ class SLNode:
             remaining = max(1.0, deadline - loop.time())
         result = await self._complete_round(s, close, note)
         s.last_merged = result.data
+        await self._archive(s.contract, result.round_no, result.data, result.digest)
         if result.all_final:
             # Finished nodes serve this model until every participant recorded having it.
             await self._record_model(s.contract, result.round_no, result.digest)
@@ -486,10 +536,13 @@ class SLNode:
             inputs: dict[str, tuple[bytes, dict[str, torch.Tensor], bool]] = {}
             progress: dict[str, Progress] = {}
             rejected: dict[str, str] = {}
+            finished: set[str] = set()
             for p, got in zip(close.participants, raw, strict=True):
                 if isinstance(got, BaseException):
                     rejected[p.name] = f"unreachable: {got}"
                     continue
+                if got.final:
+                    finished.add(p.name)
                 progress[p.name] = got.progress  # recorded only if the input is accepted
                 try:
                     inputs[p.name] = (got.data, decode_state(got.data), got.final)
@@ -533,9 +586,14 @@ class SLNode:
                 used_method = method
                 extra = {"selected": [accepted[i] for i in result.selected], "iterations": result.iterations}
             extra["final"] = sorted(n for n in accepted if inputs[n][2])
+            # Who may still be training: participants whose input was rejected or unreachable, and live
+            # nodes with an ML process connected that missed this round. While one is, the round is not
+            # final, so nobody stops contributing and leaves it without peers.
+            extra["training"] = sorted(
+                (set(close.names) - finished) | (await self._training_elsewhere(close) - set(close.names))
+            )
             extra |= round_extra(progress, accepted)
             merged_digest = self.store.put(ModelKey(close.contract, close.round_no, "merged"), merged_bytes)
-            await self._maybe_sleep_before_commit(close, attempt, note)
             record = await ledger.commit_round(
                 close.contract,
                 close.round_no,
@@ -553,6 +611,13 @@ class SLNode:
             + (f", rejected {sorted(rejected)}" if rejected else "")
         )
         return record, merged_bytes
+
+    async def _training_elsewhere(self, close: RoundClose) -> set[str]:
+        try:
+            return set((await self._ledger().sessions(close.contract))[1])
+        except (EtcdError, LedgerError) as exc:
+            log.warning("round %d: could not read who is training: %s", close.round_no, exc)
+            return set()
 
     async def _fetch_input(self, close: RoundClose, name: str, endpoint: str, expected: str) -> HeldModel:
         """A participant's round input with its finished flag and reported progress."""
@@ -579,6 +644,11 @@ class SLNode:
         held = self.store.get(key)
         if held is not None and held.digest == expected:
             return held.data
+        kept = None if self.archive is None else self.archive.find(record.contract, round_no, expected)
+        if kept is not None:  # a shared or the site's own model archive (the peers may have exited)
+            log.info("round %d: merged model %s taken from the model archive", round_no, expected[:12])
+            self.store.put(key, kept)
+            return kept
         endpoints = [str(record.body.get("leader_endpoint") or "")]
         if close is not None:
             endpoints += [p.endpoint for p in close.participants if p.name != self.cert.name]
@@ -640,23 +710,11 @@ class SLNode:
             except (EtcdError, LedgerError) as exc:
                 log.warning("round %d: could not announce fetching the merged model: %s", round_no, exc)
         data = await self._fetch_result(s, close, record)
+        await self._archive(s.contract, round_no, data, str(record.body["merged_digest"]))
         await self._record_model(s.contract, round_no, str(record.body["merged_digest"]))
         return round_no, data
 
     # ------------------------------------------------------------------ test-only faults
-
-    def _inject_input_fault(self, payload: bytes, round_no: int) -> bytes:
-        fault = self.config.fault
-        if fault not in ("nan", "shape") or round_no <= INITIAL_ROUND:
-            return payload
-        state = decode_state(payload)
-        name = sorted(state)[0]
-        if fault == "nan":
-            state[name] = torch.full_like(state[name], float("nan"))
-        else:
-            state[name] = torch.zeros(*state[name].shape, 3, dtype=state[name].dtype)
-        log.warning("fault injection: sending %s weights (tensor %r) in round %d", fault, name, round_no)
-        return encode_state(state)
 
     async def _maybe_sleep_before_final_fetch(self, record: Record, note: Callable[[str], None]) -> None:
         fault = self.config.fault
@@ -664,17 +722,6 @@ class SLNode:
             seconds = float(fault.split(":")[1])
             note(f"fault injection: sleeping {seconds:g}s before fetching the final merged model")
             await asyncio.sleep(seconds)
-
-    async def _maybe_sleep_before_commit(
-        self, close: RoundClose, attempt: int, note: Callable[[str], None]
-    ) -> None:
-        fault = self.config.fault
-        if not fault.startswith("leader-sleep:") or attempt != 0:
-            return
-        _, seconds, round_no = fault.split(":")
-        if int(round_no) == close.round_no:
-            note(f"fault injection: leader sleeping {seconds}s before committing round {close.round_no}")
-            await asyncio.sleep(float(seconds))
 
 
 @dataclass(frozen=True)
@@ -771,9 +818,12 @@ def linger_status(
 
 
 def _all_final(body: Mapping[str, Any]) -> bool:
-    """Whether a round record is a final round: every merged participant had finished training."""
+    """Whether a round record is a final round: every merged participant had finished training and
+    nobody is listed in ``training`` (a rejected or unreachable participant, or a live node with an ML
+    process connected that missed the round)."""
+    extra = body.get("extra") or {}
     merged = set(body.get("participants", ()))
-    return bool(merged) and merged <= set((body.get("extra") or {}).get("final", ()))
+    return bool(merged) and merged <= set(extra.get("final", ())) and not extra.get("training")
 
 
 def _encode_interim(message: str) -> bytes:

@@ -15,6 +15,8 @@ from .. import names
 from ..specs import NodeSpec, ObjectRef, TaskSpec
 from . import common
 
+SL_MODEL_DIR = "/swarm/models"
+"""The SL container's model archive: ``swarm-output/<task>/sl-models`` of the site's data volume."""
 OUTPUT_SUBDIR = "swarm-output"
 """Directory, inside each site's data volume, holding one sub-directory per task's merged model."""
 
@@ -109,8 +111,11 @@ def ml_resources(spec: TaskSpec, peer: Peer) -> dict[str, Any]:
     resources = copy.deepcopy(spec.resources if spec.resources is not None else peer.spec.resources)
     gpus = spec.gpus if spec.gpus is not None else peer.spec.gpus
     if gpus > 0:
-        # Extended resources are limits only; the scheduler uses the limit as the request.
+        # Extended resources are limits only; the scheduler uses the limit as the request. A request
+        # given in spec.resources must equal it, or the API server refuses the pod.
         resources.setdefault("limits", {})[peer.spec.gpu_resource_name] = str(gpus)
+        if peer.spec.gpu_resource_name in resources.get("requests", {}):
+            resources["requests"][peer.spec.gpu_resource_name] = str(gpus)
     return resources
 
 
@@ -153,6 +158,9 @@ def task_pod(
                 "SWARM_SL_LINGER_SECONDS": SL_LINGER_SECONDS,
                 # A native sidecar that exits on its own is restarted: it waits for the kubelet's SIGTERM.
                 "SWARM_SL_STAY_UNTIL_STOPPED": True,
+                # Merged models kept on the site's volume: a restarted attempt rejoins and serves from it.
+                "SWARM_SL_MODEL_DIR": SL_MODEL_DIR,
+                "SWARM_SL_KEEP_ROUND_MODELS": False,
                 **env,
             }
         )
@@ -162,6 +170,7 @@ def task_pod(
             channel_mount,
             tmp_mount,
             {"name": "tls", "mountPath": names.TLS_DIR, "readOnly": True},
+            {"name": "data", "mountPath": SL_MODEL_DIR, "subPath": f"{output_subpath(task.name)}/sl-models"},
         ],
     }
     ml: dict[str, Any] = {
