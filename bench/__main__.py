@@ -1,6 +1,6 @@
 """``python -m bench [--only PART] [--quick]``: run the benchmarks, print progress, write the results.
 
-Parts (in run order): merge, quality, round, scaling, operator. ``--quick`` caps the sizes (merge at
+Parts (in run order): merge, quality, round, scaling, operator, chaos. ``--quick`` caps the sizes (merge at
 10M parameters, fewer seeds, N and rounds) for development. Results: ``bench/results/latest.md``,
 ``latest.json`` and ``<part>.png``; a full run (no --quick) also copies the table to bench/RESULTS.md.
 """
@@ -20,7 +20,7 @@ from bench.envs import REPO, ensure_bench_venv
 from bench.results import PARTS, PartResult, Value, log, write_results
 
 RESULTS = REPO / "bench" / "results"
-ORDER = ("merge", "quality", "round", "scaling", "operator")
+ORDER = ("merge", "quality", "round", "scaling", "operator", "chaos")
 
 
 def _runner(part: str, quick: bool) -> Callable[[], PartResult]:
@@ -49,6 +49,12 @@ def _runner(part: str, quick: bool) -> Callable[[], PartResult]:
                 else RoundConfig(ns=(2, 4, 8, 16), ps=(10**6,), rounds=4, part="scaling")
             )
         return lambda: run_rounds(rcfg)
+    if part == "chaos":
+        from bench.chaos import ChaosBenchConfig
+        from bench.chaos import run as run_chaos
+
+        ccfg = ChaosBenchConfig(faults=12, epochs=40) if quick else ChaosBenchConfig()
+        return lambda: run_chaos(ccfg)
     from bench.operator_scale import OperatorConfig
     from bench.operator_scale import run as run_operator
 

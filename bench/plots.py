@@ -20,9 +20,14 @@ def _num(row: Row, key: str) -> float | None:
 
 def plot_part(part: PartResult, folder: Path) -> Path | None:
     """Write ``<part>.png`` in ``folder``; None when the part has nothing to plot."""
-    fn = {"merge": _merge, "quality": _quality, "round": _rounds, "scaling": _scaling, "operator": _operator}[
-        part.part
-    ]
+    fn = {
+        "merge": _merge,
+        "quality": _quality,
+        "round": _rounds,
+        "scaling": _scaling,
+        "operator": _operator,
+        "chaos": _chaos,
+    }[part.part]
     fig = fn(part.rows)
     if fig is None:
         return None
@@ -128,3 +133,29 @@ def _operator(rows: Sequence[Row]) -> plt.Figure | None:
         "operator at scale",
         log=True,
     )
+
+
+def _chaos(rows: Sequence[Row]) -> plt.Figure | None:
+    """Recovery time per fault kind (p50 bar, p95 whisker); the timeline is chaos-timeline.png."""
+    rec = [r for r in rows if r.case.startswith("recover ") and _num(r, "p50_s") is not None]
+    if not rec:
+        return None
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    kinds = [str(r.params["kind"]) for r in rec]
+    p50 = [_num(r, "p50_s") or 0.0 for r in rec]
+    p95 = [_num(r, "p95_s") or 0.0 for r in rec]
+    ax.bar(kinds, p50, color="tab:blue", label="p50")
+    ax.errorbar(
+        kinds,
+        p50,
+        yerr=[[0] * len(p50), [b - a for a, b in zip(p50, p95, strict=True)]],
+        fmt="none",
+        ecolor="k",
+        capsize=4,
+        label="p95",
+    )
+    ax.set_ylabel("seconds to the next round the target took part in")
+    ax.set_title("chaos: time to recover per fault kind")
+    ax.tick_params(axis="x", rotation=30)
+    ax.legend()
+    return fig

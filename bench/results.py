@@ -16,7 +16,7 @@ from pathlib import Path
 
 Value = int | float | str | None
 
-PARTS: tuple[str, ...] = ("merge", "round", "quality", "operator", "scaling")
+PARTS: tuple[str, ...] = ("merge", "round", "quality", "operator", "scaling", "chaos")
 
 
 @dataclass(frozen=True)

@@ -233,6 +233,15 @@ class SwarmCallback:
         self._load(reply)
         self.round = reply.header.get("round")
         self._batches_since_sync = 0
+        if reply.header.get("all_final"):
+            # Training ended while this node was away (a final round is one nobody still trains in).
+            self._ended = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+            self.log.warning(
+                "training of contract %r ended in round %s while this node was away: loaded the final "
+                "model; this run trains on locally and keeps that model as its output",
+                self.params.trainingContract,
+                self.round,
+            )
         loss, metric = self._validate()
         if self.params.useAdaptiveSync and loss is not None:
             before = self.sync_interval
@@ -278,13 +287,14 @@ class SwarmCallback:
         per_frame = timeout if timeout else self._reply_timeout()
         try:
             reply = self._exchange(frame, per_frame)
-        except ChannelError as exc:
+        except (ChannelError, ConnectionError) as exc:
+            # A timeout is the SL node's answer taking too long; anything else means it went away.
             if isinstance(exc.__cause__, TimeoutError) or frame.header.get("op") == "hello":
                 raise SwarmError(f"swarm sync failed: {exc}") from exc
             self._reconnect(exc)
             try:
                 reply = self._exchange(frame, per_frame)
-            except ChannelError as again:
+            except (ChannelError, ConnectionError) as again:
                 raise SwarmError(f"swarm sync failed after reconnecting to the SL node: {again}") from again
         if not reply.header.get("ok"):
             raise SwarmError(str(reply.header.get("error") or "the SL node reported an unknown error"))
@@ -299,7 +309,7 @@ class SwarmCallback:
             reply = self._client.read(per_frame)
         return reply
 
-    def _reconnect(self, cause: ChannelError) -> None:
+    def _reconnect(self, cause: Exception) -> None:
         """Connect to the (restarted) SL node again and say hello; raises SwarmError when it does not
         come back within ``SWARM_SL_RECONNECT_SECONDS``."""
         path = os.environ.get("SWARM_SL_SOCKET", "")
@@ -314,7 +324,7 @@ class SwarmCallback:
         try:
             self._client = ChannelClient(path, connect_timeout=self._reconnect_s)
             reply = self._exchange(self._hello(), self._reply_timeout())
-        except ChannelError as exc:
+        except (ChannelError, ConnectionError) as exc:
             raise SwarmError(f"swarm sync failed: {cause}; the SL node did not come back: {exc}") from exc
         if not reply.header.get("ok"):
             raise SwarmError(str(reply.header.get("error") or "the SL node refused the reconnect"))

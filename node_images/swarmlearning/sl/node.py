@@ -457,6 +457,8 @@ class SLNode:
         deadline = loop.time() + quorum_timeout
         remaining = quorum_timeout
         while True:
+            if (ended := await self._ended(s, note)) is not None:
+                return ended
             round_no = await ledger.current_round(s.contract)
             key = ModelKey(s.contract, round_no, "input")
             d = self.store.put(key, payload, final=final, progress=progress)
@@ -484,6 +486,27 @@ class SLNode:
             # Finished nodes serve this model until every participant recorded having it.
             await self._record_model(s.contract, result.round_no, result.digest)
         return result
+
+    async def _ended(self, s: _Session, note: Callable[[str], None]) -> _RoundResult | None:
+        """The contract's final round if its training already ended without this node (it was away
+        longer than its membership lease, e.g. frozen or cut off): there is nobody left to sync with, so
+        it takes the final model instead of waiting out the quorum timeout alone."""
+        ledger = self._ledger()
+        latest = await ledger.latest_round(s.contract)
+        if latest is None or not _all_final(latest.body):
+            return None
+        round_no = int(latest.body["round"])
+        close = await ledger.round_close(s.contract, round_no)
+        if close is None:
+            return None
+        note(
+            f"training of contract {s.contract!r} ended in round {round_no} while this node was away; "
+            "taking its final model"
+        )
+        data = await self._fetch_result(s, close, latest)
+        await self._archive(s.contract, round_no, data, str(latest.body["merged_digest"]))
+        await self._record_model(s.contract, round_no, str(latest.body["merged_digest"]))
+        return _RoundResult.of(close, latest, data)
 
     async def _complete_round(
         self, s: _Session, close: RoundClose, note: Callable[[str], None]
