@@ -1,0 +1,1 @@
+"""Chaos harness: real faults (network, processes) injected into a local swarm."""
