@@ -6,10 +6,19 @@ silently). This module drives the etcd v3 gRPC API through the protobuf stubs ae
 (``aetcd.rpc``) with ``grpc.aio`` TLS channels, and
 
 - presents the node certificate (etcd maps the certificate CN to the etcd user);
-- fails over between endpoints on UNAVAILABLE (dead member, "no leader", "leader changed"),
-  within the client timeout;
+- fails over between endpoints on transient failures (dead or frozen member, "no leader", "leader
+  changed", "request timed out", dropped proposals), within the client timeout. Attempts get a
+  short deadline (``first_call_timeout``, 1 s; twice, then doubling up to ``call_timeout``): after
+  a leader dies, a follower forwards writes to the dead leader until its election timeout fires and
+  never answers them, so waiting the full ``call_timeout`` (5 s) for that answer was what stalled
+  writes (etcd elects a new leader in about 1-2 s). Calls carry etcd's ``hasleader`` metadata, so a
+  member that knows it has no leader refuses at once instead of queueing the request;
+- retries "revision of auth store is old" (the auth store changed while the request was in flight; etcd
+  did not apply it), so provisioning users does not fail concurrent writers;
 - raises :class:`WatchCancelled` (or :class:`EtcdPermissionDenied`, :class:`WatchCompacted`) when the
-  server cancels a watch, instead of going silent;
+  server cancels a watch, instead of going silent; a watch whose member stops answering (frozen
+  process, partitioned member) is noticed by probing it after ``watch_idle_s`` of silence and is
+  re-opened on another member from the last revision it saw;
 - maps gRPC errors to the small error taxonomy below, with messages naming the endpoint and key.
 """
 
@@ -43,6 +52,14 @@ class EtcdError(Exception):
 
 class EtcdUnavailable(EtcdError):
     """No endpoint answered within the timeout (members down, no leader, network)."""
+
+
+class EtcdTimeout(EtcdUnavailable):
+    """One attempt got no answer within its deadline (frozen or overloaded member, lost proposal)."""
+
+
+class EtcdAuthStale(EtcdUnavailable):
+    """etcd refused a request because the auth store changed while it was in flight (not applied)."""
 
 
 class EtcdTLSError(EtcdUnavailable):
@@ -148,6 +165,21 @@ class EtcdMember:
 
 
 @dataclass(frozen=True)
+class RolePermission:
+    """One key permission of an etcd role: ``perm`` on ``[key, range_end)`` (``range_end`` "" = just
+    ``key``)."""
+
+    key: str
+    range_end: str
+    perm: Literal["read", "write", "readwrite"]
+
+    @classmethod
+    def of(cls, key: str, *, prefix: bool, perm: Literal["read", "write", "readwrite"]) -> RolePermission:
+        """The permission :meth:`EtcdClient.role_grant` grants for these arguments."""
+        return cls(key, prefix_end(key) if prefix else "", perm)
+
+
+@dataclass(frozen=True)
 class EtcdStatus:
     endpoint: str
     member_id: int
@@ -212,9 +244,12 @@ def _is_tls_failure(details: str) -> bool:
     return any(w in d for w in ("ssl", "handshake", "certificate", "tls", "tsi_", "unwrap failed"))
 
 
-def _map_error(e: grpc.aio.AioRpcError, endpoint: str, what: str) -> EtcdError:
+def _map_error(e: grpc.aio.AioRpcError, endpoint: str, what: str, waited_s: float | None = None) -> EtcdError:
+    """The error type and message for a failed call; ``waited_s``: that attempt's deadline."""
     code, details = e.code(), (e.details() or "")
     where = f"{what} at {endpoint}"
+    if "revision of auth store is old" in details:
+        return EtcdAuthStale(f"{where}: the auth store changed while the request was in flight ({details})")
     if code == grpc.StatusCode.PERMISSION_DENIED or "permission denied" in details:
         return EtcdPermissionDenied(f"{where}: permission denied ({details})")
     if (
@@ -230,12 +265,22 @@ def _map_error(e: grpc.aio.AioRpcError, endpoint: str, what: str) -> EtcdError:
             f"{where}: TLS handshake failed ({details}); is the certificate issued by the "
             "swarm CA and does the server certificate name this host?"
         )
-    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED or "request timed out" in details:
+        within = f"no answer within {waited_s:.1f}s, " if waited_s is not None else ""
+        return EtcdTimeout(f"{where}: {within}{code.name} ({details})")
+    # Not applied, so safe to retry: no leader / leader changed (UNAVAILABLE), a proposal raft dropped
+    # while electing (UNKNOWN), the apply backlog is full (RESOURCE_EXHAUSTED).
+    if (
+        code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED)
+        or "proposal dropped" in details
+    ):
         return EtcdUnavailable(f"{where}: {code.name} ({details})")
     return EtcdError(f"{where}: {code.name} ({details})")
 
 
 _RETRYABLE = (EtcdUnavailable,)
+# Asks the member to refuse at once while it has no raft leader (etcd's "hasleader" metadata).
+_LEADER = (("hasleader", "true"),)
 
 _CMP_TARGET = {
     "version": rpc.Compare.CompareTarget.VERSION,
@@ -262,6 +307,11 @@ _PERM = {
     "write": rpc.Permission.Type.WRITE,
     "readwrite": rpc.Permission.Type.READWRITE,
 }
+_PERM_NAME: dict[int, Literal["read", "write", "readwrite"]] = {
+    rpc.Permission.Type.READ: "read",
+    rpc.Permission.Type.WRITE: "write",
+    rpc.Permission.Type.READWRITE: "readwrite",
+}
 
 
 # ----------------------------------------------------------------------------------------- client
@@ -271,20 +321,39 @@ class EtcdClient:
     """asyncio etcd v3 client over mTLS with endpoint failover. Create with :meth:`connect`.
 
     ``timeout`` (seconds, default 10): how long one operation may keep retrying across endpoints
-    before :class:`EtcdUnavailable`. ``call_timeout`` (seconds, default 5): deadline of one gRPC call.
+    before :class:`EtcdUnavailable`. ``call_timeout`` (seconds, default 5): the longest deadline of one
+    gRPC attempt. ``first_call_timeout`` (seconds, default 1, at most ``call_timeout``): deadline of an
+    operation's first two attempts; later ones double it (see :meth:`_retry`). ``watch_idle_s``
+    (seconds, default 3): after this long without a message a watch probes its member (see
+    :class:`Watch`).
     """
 
     def __init__(
-        self, endpoints: Sequence[str], tls: NodeCert, *, timeout: float, call_timeout: float
+        self,
+        endpoints: Sequence[str],
+        tls: NodeCert,
+        *,
+        timeout: float,
+        call_timeout: float,
+        first_call_timeout: float = 1.0,
+        watch_idle_s: float = 3.0,
     ) -> None:
         if not endpoints:
             raise ValueError("endpoints: at least one host:port is required")
-        if timeout <= 0 or call_timeout <= 0:
-            raise ValueError(f"timeout={timeout}, call_timeout={call_timeout}: must be > 0 seconds")
+        for name, v in (
+            ("timeout", timeout),
+            ("call_timeout", call_timeout),
+            ("first_call_timeout", first_call_timeout),
+            ("watch_idle_s", watch_idle_s),
+        ):
+            if not v > 0:
+                raise ValueError(f"{name}={v}: must be > 0 seconds")
         self.endpoints = [_host_port(e) for e in endpoints]
         self.tls = tls
         self.timeout = timeout
         self.call_timeout = call_timeout
+        self.first_call_timeout = min(first_call_timeout, call_timeout)
+        self.watch_idle_s = watch_idle_s
         self._creds = grpc.ssl_channel_credentials(
             root_certificates=tls.ca_pem(), private_key=tls.key_pem(), certificate_chain=tls.cert_pem()
         )
@@ -296,14 +365,28 @@ class EtcdClient:
 
     @classmethod
     async def connect(
-        cls, endpoints: Sequence[str], tls: NodeCert, *, timeout: float = 10.0, call_timeout: float = 5.0
+        cls,
+        endpoints: Sequence[str],
+        tls: NodeCert,
+        *,
+        timeout: float = 10.0,
+        call_timeout: float = 5.0,
+        first_call_timeout: float = 1.0,
+        watch_idle_s: float = 3.0,
     ) -> EtcdClient:
         """Open a client and check that some endpoint answers (Status RPC) within ``timeout`` seconds.
 
         Raises :class:`EtcdTLSError` if the TLS handshake is refused, :class:`EtcdUnavailable` if no
-        endpoint answers; both name the endpoints tried.
+        endpoint answers; both name the endpoints tried. Parameters: see :class:`EtcdClient`.
         """
-        client = cls(endpoints, tls, timeout=timeout, call_timeout=call_timeout)
+        client = cls(
+            endpoints,
+            tls,
+            timeout=timeout,
+            call_timeout=call_timeout,
+            first_call_timeout=first_call_timeout,
+            watch_idle_s=watch_idle_s,
+        )
         try:
             await client.status()
         except EtcdPermissionDenied:
@@ -349,30 +432,56 @@ class EtcdClient:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    async def _retry(self, what: str, call: Callable[[grpc.aio.Channel, float], Awaitable[T]]) -> T:
-        """Run ``call(channel, per_call_timeout)``, failing over to other endpoints on UNAVAILABLE."""
+    async def _retry(
+        self,
+        what: str,
+        call: Callable[[grpc.aio.Channel, float], Awaitable[T]],
+        *,
+        first_timeout: float | None = None,
+    ) -> T:
+        """Run ``call(channel, attempt_deadline_s)`` until it succeeds or ``timeout`` is spent.
+
+        :class:`EtcdUnavailable` failures (as gRPC errors or raised by ``call``) are retried on the next
+        endpoint, :class:`EtcdAuthStale` on the same one; anything else is raised at once. The first two
+        attempts that time out get ``first_timeout`` (default ``first_call_timeout``) each, later ones
+        twice the previous, up to ``call_timeout``: until a follower notices that the leader died (one
+        to two election timeouts; etcd's default is 1 s) it forwards writes to it and never answers.
+
+        Retrying after a timeout may resend a request that the server did apply late: writes must be
+        idempotent or guarded (see :meth:`txn`).
+        """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.timeout
         errors: dict[str, str] = {}
         delay = 0.05
+        first = self.first_call_timeout if first_timeout is None else first_timeout
+        timeouts = 0
         while True:
             gen, endpoint = self._generation, self.endpoint
             remaining = deadline - loop.time()
+            attempt_s = max(0.1, min(self.call_timeout, first * 2 ** max(0, timeouts - 1), remaining))
             try:
-                return await call(self._chan(), max(0.1, min(self.call_timeout, remaining)))
-            except grpc.aio.AioRpcError as e:
-                err = _map_error(e, endpoint, what)
+                return await call(self._chan(), attempt_s)
+            except (grpc.aio.AioRpcError, EtcdUnavailable) as e:
+                err = _map_error(e, endpoint, what, attempt_s) if isinstance(e, grpc.aio.AioRpcError) else e
                 if not isinstance(err, _RETRYABLE):
                     raise err from e
                 errors[endpoint] = str(err)
                 if loop.time() + delay >= deadline:
-                    if all(isinstance(v, str) and "TLS handshake" in v for v in errors.values()):
+                    if all("TLS handshake" in v for v in errors.values()):
                         raise EtcdTLSError("; ".join(errors.values())) from e
                     raise EtcdUnavailable(
                         f"{what}: no etcd endpoint answered within {self.timeout:g}s; tried "
                         + "; ".join(errors.values())
                     ) from e
+                if isinstance(err, EtcdAuthStale):
+                    # The member is fine; the request raced an auth change and was not applied.
+                    log.debug("%s: %s; retrying", what, err)
+                    await asyncio.sleep(0.01)
+                    continue
+                timeouts += isinstance(err, EtcdTimeout)
                 await self._rotate(gen)
+                log.debug("%s: %s; retrying on %s", what, err, self.endpoint)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 0.5)
 
@@ -380,7 +489,9 @@ class EtcdClient:
 
     async def get(self, key: str) -> KeyValue | None:
         req = rpc.RangeRequest(key=_b(key))
-        resp = await self._retry(f"get {key}", lambda ch, t: rpc.KVStub(ch).Range(req, timeout=t))
+        resp = await self._retry(
+            f"get {key}", lambda ch, t: rpc.KVStub(ch).Range(req, timeout=t, metadata=_LEADER)
+        )
         return _kv(resp.kvs[0]) if resp.kvs else None
 
     async def get_prefix(self, prefix: str) -> list[KeyValue]:
@@ -391,7 +502,9 @@ class EtcdClient:
             sort_order=rpc.RangeRequest.SortOrder.ASCEND,
             sort_target=rpc.RangeRequest.SortTarget.KEY,
         )
-        resp = await self._retry(f"get prefix {prefix}", lambda ch, t: rpc.KVStub(ch).Range(req, timeout=t))
+        resp = await self._retry(
+            f"get prefix {prefix}", lambda ch, t: rpc.KVStub(ch).Range(req, timeout=t, metadata=_LEADER)
+        )
         return [_kv(m) for m in resp.kvs]
 
     async def get_last(self, prefix: str) -> KeyValue | None:
@@ -403,19 +516,25 @@ class EtcdClient:
             sort_order=rpc.RangeRequest.SortOrder.DESCEND,
             sort_target=rpc.RangeRequest.SortTarget.KEY,
         )
-        resp = await self._retry(f"get last {prefix}", lambda ch, t: rpc.KVStub(ch).Range(req, timeout=t))
+        resp = await self._retry(
+            f"get last {prefix}", lambda ch, t: rpc.KVStub(ch).Range(req, timeout=t, metadata=_LEADER)
+        )
         return _kv(resp.kvs[0]) if resp.kvs else None
 
     async def put(self, key: str, value: bytes, *, lease: int = 0) -> int:
         """Write ``key``; returns the new revision."""
         req = rpc.PutRequest(key=_b(key), value=value, lease=lease)
-        resp = await self._retry(f"put {key}", lambda ch, t: rpc.KVStub(ch).Put(req, timeout=t))
+        resp = await self._retry(
+            f"put {key}", lambda ch, t: rpc.KVStub(ch).Put(req, timeout=t, metadata=_LEADER)
+        )
         return int(resp.header.revision)
 
     async def delete(self, key: str, range_end: str | None = None) -> int:
         """Delete ``key`` (or ``[key, range_end)``); returns how many keys were deleted."""
         req = rpc.DeleteRangeRequest(key=_b(key), range_end=_b(range_end) if range_end else b"")
-        resp = await self._retry(f"delete {key}", lambda ch, t: rpc.KVStub(ch).DeleteRange(req, timeout=t))
+        resp = await self._retry(
+            f"delete {key}", lambda ch, t: rpc.KVStub(ch).DeleteRange(req, timeout=t, metadata=_LEADER)
+        )
         return int(resp.deleted)
 
     async def delete_prefix(self, prefix: str) -> int:
@@ -442,8 +561,11 @@ class EtcdClient:
     ) -> TxnResult:
         """Atomic ``if all(compare) then success else failure``.
 
-        Retried on another endpoint when the first is unavailable: write conditions so a retry of an
-        already-applied txn fails its compare (e.g. version == 0) instead of applying twice.
+        Retried on another endpoint when an attempt fails or times out. A timed-out attempt may still
+        have been applied (its reply was lost), so write conditions such that a retry of an applied txn
+        fails its compare (e.g. version == 0, or the mod revision of a head key) instead of applying
+        twice, and recognise your own write in the failure branch (the ledger's appends compare on the
+        chain head and then look for their own record hash).
         """
         cmps = []
         for c in compare:
@@ -454,7 +576,9 @@ class EtcdClient:
             compare=cmps, success=[self._op(o) for o in success], failure=[self._op(o) for o in failure]
         )
         keys = ", ".join(sorted({o.key for o in [*success, *failure]}))
-        resp = await self._retry(f"txn on {keys}", lambda ch, t: rpc.KVStub(ch).Txn(req, timeout=t))
+        resp = await self._retry(
+            f"txn on {keys}", lambda ch, t: rpc.KVStub(ch).Txn(req, timeout=t, metadata=_LEADER)
+        )
         gets = tuple(
             tuple(_kv(m) for m in r.response_range.kvs)
             for r in resp.responses
@@ -469,7 +593,9 @@ class EtcdClient:
         if ttl_s < 1:
             raise ValueError(f"ttl_s={ttl_s}: must be >= 1 second")
         req = rpc.LeaseGrantRequest(TTL=ttl_s)
-        resp = await self._retry("lease grant", lambda ch, t: rpc.LeaseStub(ch).LeaseGrant(req, timeout=t))
+        resp = await self._retry(
+            "lease grant", lambda ch, t: rpc.LeaseStub(ch).LeaseGrant(req, timeout=t, metadata=_LEADER)
+        )
         if resp.error:
             raise EtcdError(f"lease grant: {resp.error}")
         return int(resp.ID)
@@ -478,7 +604,8 @@ class EtcdClient:
         """Refresh a lease once; returns the new TTL in seconds. Raises LeaseExpired if it is gone."""
 
         async def once(ch: grpc.aio.Channel, t: float) -> int:
-            call = rpc.LeaseStub(ch).LeaseKeepAlive(iter([rpc.LeaseKeepAliveRequest(ID=lease_id)]), timeout=t)
+            reqs = iter([rpc.LeaseKeepAliveRequest(ID=lease_id)])
+            call = rpc.LeaseStub(ch).LeaseKeepAlive(reqs, timeout=t, metadata=_LEADER)
             async for r in call:
                 return int(r.TTL)
             return 0
@@ -493,7 +620,8 @@ class EtcdClient:
         req = rpc.LeaseRevokeRequest(ID=lease_id)
         try:
             await self._retry(
-                f"lease revoke {lease_id:x}", lambda ch, t: rpc.LeaseStub(ch).LeaseRevoke(req, timeout=t)
+                f"lease revoke {lease_id:x}",
+                lambda ch, t: rpc.LeaseStub(ch).LeaseRevoke(req, timeout=t, metadata=_LEADER),
             )
         except EtcdError as e:
             if "lease not found" not in str(e):
@@ -545,7 +673,7 @@ class EtcdClient:
     async def compact(self, revision: int) -> None:
         """Drop the history before ``revision`` (current keys stay); needs the root role."""
         req = rpc.CompactionRequest(revision=revision, physical=True)
-        await self._retry("compact", lambda ch, t: rpc.KVStub(ch).Compact(req, timeout=t))
+        await self._retry("compact", lambda ch, t: rpc.KVStub(ch).Compact(req, timeout=t, metadata=_LEADER))
 
     # -------------------------------------------------------------------------------------- cluster
 
@@ -572,35 +700,57 @@ class EtcdClient:
 
     async def member_list(self) -> list[EtcdMember]:
         req = rpc.MemberListRequest()
-        resp = await self._retry("member list", lambda ch, t: rpc.ClusterStub(ch).MemberList(req, timeout=t))
+        resp = await self._retry(
+            "member list", lambda ch, t: rpc.ClusterStub(ch).MemberList(req, timeout=t, metadata=_LEADER)
+        )
         return [_member(m) for m in resp.members]
 
     async def member_add(
         self, peer_urls: Sequence[str], *, learner: bool
     ) -> tuple[EtcdMember, list[EtcdMember]]:
-        """Add a member (as a learner when ``learner``); returns it and the new member list."""
+        """Add a member (as a learner when ``learner``); returns it and the new member list.
+
+        Membership changes get the full ``call_timeout`` from the first attempt: an add that was
+        applied after its attempt timed out would be refused as a duplicate when retried.
+        """
         req = rpc.MemberAddRequest(peerURLs=list(peer_urls), isLearner=learner)
-        resp = await self._retry("member add", lambda ch, t: rpc.ClusterStub(ch).MemberAdd(req, timeout=t))
+        resp = await self._retry(
+            "member add",
+            lambda ch, t: rpc.ClusterStub(ch).MemberAdd(req, timeout=t, metadata=_LEADER),
+            first_timeout=self.call_timeout,
+        )
         return _member(resp.member), [_member(m) for m in resp.members]
 
     async def member_promote(self, member_id: int) -> None:
         req = rpc.MemberPromoteRequest(ID=member_id)
-        await self._retry("member promote", lambda ch, t: rpc.ClusterStub(ch).MemberPromote(req, timeout=t))
+        await self._retry(
+            "member promote",
+            lambda ch, t: rpc.ClusterStub(ch).MemberPromote(req, timeout=t, metadata=_LEADER),
+            first_timeout=self.call_timeout,
+        )
 
     async def member_remove(self, member_id: int) -> None:
         req = rpc.MemberRemoveRequest(ID=member_id)
-        await self._retry("member remove", lambda ch, t: rpc.ClusterStub(ch).MemberRemove(req, timeout=t))
+        await self._retry(
+            "member remove",
+            lambda ch, t: rpc.ClusterStub(ch).MemberRemove(req, timeout=t, metadata=_LEADER),
+            first_timeout=self.call_timeout,
+        )
 
     # -------------------------------------------------------------------------------------- auth
 
     async def auth_enabled(self) -> bool:
         req = rpc.AuthStatusRequest()
-        resp = await self._retry("auth status", lambda ch, t: rpc.AuthStub(ch).AuthStatus(req, timeout=t))
+        resp = await self._retry(
+            "auth status", lambda ch, t: rpc.AuthStub(ch).AuthStatus(req, timeout=t, metadata=_LEADER)
+        )
         return bool(resp.enabled)
 
     async def auth_enable(self) -> None:
         req = rpc.AuthEnableRequest()
-        await self._retry("auth enable", lambda ch, t: rpc.AuthStub(ch).AuthEnable(req, timeout=t))
+        await self._retry(
+            "auth enable", lambda ch, t: rpc.AuthStub(ch).AuthEnable(req, timeout=t, metadata=_LEADER)
+        )
 
     async def _idempotent(self, what: str, call: Callable[[grpc.aio.Channel, float], Awaitable[Any]]) -> None:
         try:
@@ -612,14 +762,44 @@ class EtcdClient:
     async def user_add(self, name: str) -> None:
         """Add a password-less user (authenticated by certificate CN); existing users are fine."""
         req = rpc.AuthUserAddRequest(name=name, options=rpc.UserAddOptions(no_password=True))
-        await self._idempotent(f"user add {name}", lambda ch, t: rpc.AuthStub(ch).UserAdd(req, timeout=t))
+        await self._idempotent(
+            f"user add {name}", lambda ch, t: rpc.AuthStub(ch).UserAdd(req, timeout=t, metadata=_LEADER)
+        )
+
+    async def auth_revision(self) -> int:
+        """The auth store's revision (bumped by every change of users, roles or permissions)."""
+        req = rpc.AuthStatusRequest()
+        resp = await self._retry(
+            "auth status", lambda ch, t: rpc.AuthStub(ch).AuthStatus(req, timeout=t, metadata=_LEADER)
+        )
+        return int(resp.authRevision)
+
+    async def role_permissions(self, role: str) -> list[RolePermission] | None:
+        """The key permissions of ``role``; None if there is no such role (needs the root role)."""
+        req = rpc.AuthRoleGetRequest(role=role)
+        try:
+            resp = await self._retry(
+                f"role get {role}", lambda ch, t: rpc.AuthStub(ch).RoleGet(req, timeout=t, metadata=_LEADER)
+            )
+        except EtcdError as e:
+            if "role name not found" in str(e):
+                return None
+            raise
+        return [
+            RolePermission(
+                key=m.key.decode("latin-1"),
+                range_end=m.range_end.decode("latin-1"),
+                perm=_PERM_NAME[m.permType],
+            )
+            for m in resp.perm
+        ]
 
     async def user_roles(self, name: str) -> list[str] | None:
         """Roles of user ``name``; None if there is no such user."""
         req = rpc.AuthUserGetRequest(name=name)
         try:
             resp = await self._retry(
-                f"user get {name}", lambda ch, t: rpc.AuthStub(ch).UserGet(req, timeout=t)
+                f"user get {name}", lambda ch, t: rpc.AuthStub(ch).UserGet(req, timeout=t, metadata=_LEADER)
             )
         except EtcdError as e:
             if "user name not found" in str(e):
@@ -629,30 +809,49 @@ class EtcdClient:
 
     async def role_add(self, role: str) -> None:
         req = rpc.AuthRoleAddRequest(name=role)
-        await self._idempotent(f"role add {role}", lambda ch, t: rpc.AuthStub(ch).RoleAdd(req, timeout=t))
+        await self._idempotent(
+            f"role add {role}", lambda ch, t: rpc.AuthStub(ch).RoleAdd(req, timeout=t, metadata=_LEADER)
+        )
 
     async def role_grant(
         self, role: str, key: str, *, prefix: bool, perm: Literal["read", "write", "readwrite"]
     ) -> None:
-        """Grant ``role`` ``perm`` on ``key`` (every key under it with ``prefix``)."""
-        p = rpc.Permission(
-            permType=_PERM[perm], key=_b(key), range_end=_b(prefix_end(key)) if prefix else b""
-        )
+        """Grant ``role`` ``perm`` on ``key`` (every key under it with ``prefix``).
+
+        etcd bumps the auth revision even when the permission was granted already; see
+        :meth:`RolePermission.of` to compare with :meth:`role_permissions` first.
+        """
+        want = RolePermission.of(key, prefix=prefix, perm=perm)
+        p = rpc.Permission(permType=_PERM[perm], key=_b(want.key), range_end=_b(want.range_end))
         req = rpc.AuthRoleGrantPermissionRequest(name=role, perm=p)
         await self._idempotent(
-            f"role grant {role} {key}", lambda ch, t: rpc.AuthStub(ch).RoleGrantPermission(req, timeout=t)
+            f"role grant {role} {key}",
+            lambda ch, t: rpc.AuthStub(ch).RoleGrantPermission(req, timeout=t, metadata=_LEADER),
         )
 
     async def user_grant_role(self, user: str, role: str) -> None:
         req = rpc.AuthUserGrantRoleRequest(user=user, role=role)
         await self._idempotent(
-            f"grant role {role} to {user}", lambda ch, t: rpc.AuthStub(ch).UserGrantRole(req, timeout=t)
+            f"grant role {role} to {user}",
+            lambda ch, t: rpc.AuthStub(ch).UserGrantRole(req, timeout=t, metadata=_LEADER),
         )
 
 
 class Watch:
-    """A server-side watch; see :meth:`EtcdClient.watch`. Reconnects on another endpoint on UNAVAILABLE
-    (resuming after the last seen revision) and raises when the server cancels the watch."""
+    """A server-side watch; see :meth:`EtcdClient.watch`.
+
+    It outlives the member it runs on: when the stream breaks (UNAVAILABLE, stream ended) or goes
+    silent on a member that stopped answering, it is re-opened on another endpoint from the revision
+    after the last event it delivered, so events are neither lost nor repeated. Silence is checked,
+    not waited out: after the client's ``watch_idle_s`` without a message the watch reads the watched
+    key (linearizable, count only) through its own channel; no answer within ``first_call_timeout``
+    (frozen process, dead link) or "no leader" (partitioned member) means the stream is stalled.
+    Why a read and not etcd's progress request: etcd 3.6 answers a progress request only while the
+    watch is synced and its start revision is not ahead of the store, which is the usual state of a
+    quiet re-opened watch, so a missing reply would prove nothing. Raises from :meth:`get` and
+    iteration when the server cancels the watch, or when no member takes it within the client's
+    ``timeout``.
+    """
 
     def __init__(self, client: EtcdClient, key: str, *, prefix: bool, start_revision: int) -> None:
         self._client = client
@@ -662,7 +861,11 @@ class Watch:
         self._queue: asyncio.Queue[list[WatchEvent] | BaseException] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
         self._call: Any = None
+        self._channel: grpc.aio.Channel | None = None
+        self._endpoint = ""
         self._gen = -1
+        self.reopened = 0
+        """How many times the watch was re-opened (after a broken or stalled stream)."""
 
     def _create_request(self) -> Any:
         return rpc.WatchRequest(
@@ -673,8 +876,8 @@ class Watch:
             )
         )
 
-    def _cancelled(self, r: Any) -> EtcdError:
-        where = f"watch on {self._key} at {self._client.endpoint}"
+    def _cancelled(self, r: Any, endpoint: str) -> EtcdError:
+        where = f"watch on {self._key} at {endpoint}"
         if r.compact_revision:
             return WatchCompacted(
                 f"{where}: revision {self._next_rev} was compacted (oldest kept: {r.compact_revision})",
@@ -688,19 +891,39 @@ class Watch:
         return WatchCancelled(f"{where}: cancelled by the server: {reason}", reason)
 
     async def _open(self) -> None:
-        async def call(ch: grpc.aio.Channel, t: float) -> Any:
-            c = rpc.WatchStub(ch).Watch()
+        async def created(c: Any) -> Any:
             await c.write(self._create_request())
-            r = await asyncio.wait_for(c.read(), t)
+            return await c.read()
+
+        async def call(ch: grpc.aio.Channel, t: float) -> tuple[Any, Any, grpc.aio.Channel, str, int]:
+            endpoint, gen = self._client.endpoint, self._client._generation
+            c = rpc.WatchStub(ch).Watch()
+            try:
+                # Bounded: a frozen member accepts the connection and the request but never answers.
+                r = await asyncio.wait_for(created(c), t)
+            except TimeoutError:
+                c.cancel()
+                raise EtcdTimeout(
+                    f"watch on {self._key} at {endpoint}: not confirmed by the member within {t:.1f}s"
+                ) from None
+            except BaseException:
+                c.cancel()
+                raise
             if r is grpc.aio.EOF:
-                raise EtcdUnavailable(f"watch on {self._key}: stream closed before the watch was created")
+                raise EtcdUnavailable(
+                    f"watch on {self._key} at {endpoint}: stream closed before the watch was created"
+                )
             if r.canceled or r.compact_revision:
                 c.cancel()
-                raise self._cancelled(r)
-            return c, r
+                raise self._cancelled(r, endpoint)
+            return c, r, ch, endpoint, gen
 
-        self._call, first = await self._client._retry(f"watch {self._key}", call)
-        self._gen = self._client._generation
+        self._call, first, self._channel, self._endpoint, self._gen = await self._client._retry(
+            f"watch {self._key}", call
+        )
+        if self._next_rev == 0:
+            # "From now" means after the revision the member had: a re-open must not skip what came since.
+            self._next_rev = int(first.header.revision) + 1
         if first.events:
             self._push(first)
 
@@ -713,33 +936,67 @@ class Watch:
         if events:
             self._queue.put_nowait(events)
 
+    async def _probe(self, idle_s: float) -> None:
+        """Raise :class:`EtcdUnavailable` unless the watch's member answers a read of the watched key."""
+        t = self._client.first_call_timeout
+        req = rpc.RangeRequest(key=_b(self._key), count_only=True)
+        try:
+            await rpc.KVStub(self._channel).Range(req, timeout=t, metadata=_LEADER)
+        except grpc.aio.AioRpcError as e:
+            what = f"watch on {self._key}: probe after {idle_s:g}s of silence"
+            err = _map_error(e, self._endpoint, what, t)
+            if isinstance(err, _RETRYABLE) and not isinstance(err, EtcdAuthStale):
+                raise err from e
+            # Any other refusal (permission, a racing auth change) is an answer: the member is alive.
+
+    async def _next_response(self) -> Any:
+        """The next message of the stream; raises :class:`EtcdUnavailable` if its member stalled."""
+        # Not asyncio.wait_for(read): cancelling a read cancels the whole gRPC call.
+        read = asyncio.ensure_future(self._call.read())
+        try:
+            while True:
+                done, _ = await asyncio.wait({read}, timeout=self._client.watch_idle_s)
+                if done:
+                    if read.cancelled():
+                        raise EtcdUnavailable(f"watch on {self._key} at {self._endpoint}: stream cancelled")
+                    return read.result()
+                await self._probe(self._client.watch_idle_s)
+        finally:
+            if not read.done():
+                read.cancel()
+
     async def _reader(self) -> None:
         while True:
             try:
-                r = await self._call.read()
+                r = await self._next_response()
                 if r is grpc.aio.EOF:
-                    raise EtcdUnavailable(f"watch on {self._key}: stream ended")
+                    raise EtcdUnavailable(f"watch on {self._key} at {self._endpoint}: stream ended")
                 if r.canceled or r.compact_revision:
-                    self._queue.put_nowait(self._cancelled(r))
+                    self._queue.put_nowait(self._cancelled(r, self._endpoint))
                     return
                 self._push(r)
             except (grpc.aio.AioRpcError, EtcdUnavailable) as e:
                 if isinstance(e, grpc.aio.AioRpcError):
                     # Another call failed over and closed our channel: resume on the new one.
                     replaced = e.code() == grpc.StatusCode.CANCELLED and self._gen != self._client._generation
-                    err = _map_error(e, self._client.endpoint, f"watch on {self._key}")
+                    err = _map_error(e, self._endpoint, f"watch on {self._key}")
                     if not replaced and not isinstance(err, _RETRYABLE):
                         self._queue.put_nowait(err)
                         return
                 log.info(
                     "watch on %s interrupted (%s); resuming at revision %s", self._key, e, self._next_rev
                 )
+                self._call.cancel()
                 await self._client._rotate(self._gen)  # no-op if someone failed over already
                 try:
                     await self._open()
                 except EtcdError as e2:
                     self._queue.put_nowait(e2)
                     return
+                self.reopened += 1
+            except Exception as e:  # never leave get() waiting on a reader that died
+                self._queue.put_nowait(EtcdError(f"watch on {self._key} at {self._endpoint}: {e!r}"))
+                return
 
     async def __aenter__(self) -> Watch:
         await self._open()
@@ -755,7 +1012,11 @@ class Watch:
             self._call.cancel()
 
     async def get(self, timeout: float) -> list[WatchEvent]:
-        """Events that arrived, waiting up to ``timeout`` seconds; [] if none. Raises if cancelled."""
+        """Events that arrived, waiting up to ``timeout`` seconds; [] if none.
+
+        Raises the watch's :class:`EtcdError` (again on every later call) once it has one: cancelled by
+        the server, or no member took it back within the client's ``timeout`` after a failure.
+        """
         try:
             item = await asyncio.wait_for(self._queue.get(), timeout)
         except TimeoutError:
