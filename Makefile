@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # Test-bed binaries (Kubernetes, etcd, kwok, helm) are built once into a versioned cache outside the repo.
 export SWARM_TESTBED_CACHE ?= $(HOME)/.cache/swarm-learning/testbed
 
-.PHONY: demo test test-unit test-integration test-e2e test-cluster lint testbed cluster-up cluster-down bench clean venv sync-crds images wheels
+.PHONY: demo test test-unit test-integration test-e2e test-cluster lint testbed cluster-up cluster-down bench clean venv sync-crds images wheels chaos fuzz
 
 venv: $(STAMP)
 $(STAMP): pyproject.toml
@@ -71,10 +71,29 @@ images: venv testbed
 wheels: venv
 	@$(PY) node_images/build/images.py wheels
 
+# A chaos run (tests/chaos/harness.py): one training of the digits example with 3 SN members and 5 sites,
+# each on its own network namespace, and CHAOS_FAULTS (default 50) random faults; SEED= to repeat a run.
+# `make test` runs a 12-fault form of it (tests/integration/test_chaos.py). Needs root (namespaces).
+CHAOS_FAULTS ?= 50
+chaos: venv testbed
+	$(PY) -m tests.chaos --faults $(CHAOS_FAULTS) $(if $(SEED),--seed $(SEED)) --out runs/chaos $(CHAOS_ARGS)
+
 # Benchmarks (not part of `make test`). Flower lives in its own venv .venv-bench (created once by the
 # bench itself, stamp file inside) so its pins never touch .venv. BENCH_ARGS="--quick" or "--only merge".
 bench: venv testbed
 	$(PY) -m bench $(BENCH_ARGS)
+
+# Coverage-guided fuzzing (atheris) of the parsers of other parties' bytes: FUZZ_SECONDS per target, corpus
+# and findings under ~/.cache/swarm-learning/fuzz/<target>/; fails on the first finding (input saved in
+# crashes/). Not part of `make test`, which runs the Hypothesis fuzz tests in tests/fuzz. See docs/limits.md.
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS ?= safetensors channel record cert
+fuzz: venv
+	@# No pipe on the fuzzer's output: piped, libFuzzer could die before saving the crash input.
+	@for t in $(FUZZ_TARGETS); do \
+	  $(PY) -m tests.fuzz.atheris_targets $$t --seconds $(FUZZ_SECONDS) || { rc=$$?; \
+	    echo "fuzz target $$t: finding (exit $$rc), input saved in $(HOME)/.cache/swarm-learning/fuzz/$$t/crashes/"; exit 1; }; \
+	done
 
 # The chart carries copies of crds/ (the one source); a unit test fails when they drift.
 sync-crds:

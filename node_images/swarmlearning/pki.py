@@ -26,10 +26,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from swarmlearning.limits import Limits, describe
 
 ROLES = ("sn", "sl", "admin", "operator")
 """Allowed certificate roles (the OU): SN node, SL node, swarm admin (etcd root), operator (reader)."""
@@ -41,6 +43,11 @@ CA_CERT = "ca.crt"
 CA_KEY = "ca.key"
 NODE_CERT = "tls.crt"
 NODE_KEY = "tls.key"
+
+_PARSE_ERRORS = (ValueError, TypeError, x509.InvalidVersion, UnsupportedAlgorithm)
+"""What cryptography raises for malformed certificate bytes: ValueError, and also (found by fuzzing) a
+TypeError for a name attribute of the wrong ASN.1 type, InvalidVersion for a bad version field, and
+UnsupportedAlgorithm for an unknown key algorithm."""
 
 _NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?$")
 _DEFAULT_DAYS = 365
@@ -76,16 +83,20 @@ class NodeCert:
                 raise PKIError(
                     f"certificate directory {d}: missing {p.name} (expected tls.crt, tls.key, ca.crt)"
                 )
-        cert = x509.load_pem_x509_certificate(paths[0].read_bytes())
-        return cls(
-            name=_attr(cert, NameOID.COMMON_NAME),
-            organisation=_attr(cert, NameOID.ORGANIZATION_NAME),
-            role=_attr(cert, NameOID.ORGANIZATIONAL_UNIT_NAME),
-            cert_path=paths[0],
-            key_path=paths[1],
-            ca_path=paths[2],
-            fingerprint=fingerprint(paths[0].read_bytes()),
-        )
+        pem = paths[0].read_bytes()
+        cert = _load_pem(pem, str(paths[0]))
+        try:
+            return cls(
+                name=_attr(cert, NameOID.COMMON_NAME),
+                organisation=_attr(cert, NameOID.ORGANIZATION_NAME),
+                role=_attr(cert, NameOID.ORGANIZATIONAL_UNIT_NAME),
+                cert_path=paths[0],
+                key_path=paths[1],
+                ca_path=paths[2],
+                fingerprint=fingerprint(pem),
+            )
+        except _PARSE_ERRORS as e:  # cryptography parses the subject lazily
+            raise PKIError(f"{paths[0]}: malformed subject: {e}") from e
 
     def cert_pem(self) -> bytes:
         return self.cert_path.read_bytes()
@@ -105,6 +116,21 @@ class CertInfo:
     organisation: str
     role: str
     fingerprint: str
+
+
+def _load_pem(cert_pem: bytes, what: str, limits: Limits | None = None) -> x509.Certificate:
+    """Parse one PEM certificate of at most ``limits.certificate_bytes``; raises PKIError naming ``what``."""
+    lim = limits or Limits.from_env()
+    if not isinstance(cert_pem, bytes | bytearray):
+        raise PKIError(f"{what}: expected PEM bytes, got a {type(cert_pem).__name__}")
+    if len(cert_pem) > lim.certificate_bytes:
+        raise PKIError(
+            f"{what}: {len(cert_pem)} bytes exceeds the limit of {describe(lim, 'certificate_bytes')}"
+        )
+    try:
+        return x509.load_pem_x509_certificate(bytes(cert_pem))
+    except _PARSE_ERRORS as e:
+        raise PKIError(f"{what}: not a PEM certificate: {str(e)[:200]}") from e
 
 
 def _attr(cert: x509.Certificate, oid: x509.ObjectIdentifier) -> str:
@@ -288,37 +314,59 @@ def issue_node_cert(
 
 
 def fingerprint(cert_pem: bytes) -> str:
-    """sha256 of the certificate's DER encoding, lowercase hex."""
-    cert = x509.load_pem_x509_certificate(cert_pem)
+    """sha256 of the certificate's DER encoding, lowercase hex. Raises PKIError on unreadable PEM."""
+    cert = _load_pem(cert_pem, "certificate")
     return hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
 
 
-def check_cert(cert_pem: bytes, ca_pem: bytes, *, at: dt.datetime | None = None) -> CertInfo:
-    """Check that ``cert_pem`` was signed by the CA and is valid at ``at`` (default now); raise PKIError."""
+def check_cert(
+    cert_pem: bytes, ca_pem: bytes, *, at: dt.datetime | None = None, limits: Limits | None = None
+) -> CertInfo:
+    """Check a peer's certificate; raise PKIError saying what is wrong.
+
+    It must be at most ``limits.certificate_bytes`` of PEM, signed by the CA, valid at ``at`` (default
+    now), carry an ECDSA P-256 key, a CN that is a valid node name and a role OU from :data:`ROLES`
+    (what :func:`issue_node_cert` issues)."""
+    cert = _load_pem(cert_pem, "certificate", limits)
+    ca = _load_pem(ca_pem, "CA certificate", limits)
     try:
-        cert = x509.load_pem_x509_certificate(cert_pem)
-        ca = x509.load_pem_x509_certificate(ca_pem)
-    except ValueError as e:
-        raise PKIError(f"not a PEM certificate: {e}") from e
+        return _check_parsed(cert, ca, at or _now())
+    except _PARSE_ERRORS as e:  # cryptography parses names and keys lazily: malformed DER shows up here
+        raise PKIError(f"malformed certificate: {str(e)[:200]}") from e
+
+
+def _check_parsed(cert: x509.Certificate, ca: x509.Certificate, when: dt.datetime) -> CertInfo:
+    cn = _attr(cert, NameOID.COMMON_NAME)
+    shown = repr(cn[:64])
     if cert.issuer != ca.subject:
-        raise PKIError(f"certificate {_attr(cert, NameOID.COMMON_NAME)!r} was not issued by this swarm CA")
+        raise PKIError(f"certificate {shown} was not issued by this swarm CA")
     ca_key = ca.public_key()
     if not isinstance(ca_key, ec.EllipticCurvePublicKey):
         raise PKIError("the swarm CA key is not ECDSA")
     try:
         ca_key.verify(cert.signature, cert.tbs_certificate_bytes, ec.ECDSA(hashes.SHA256()))
     except InvalidSignature as e:
-        raise PKIError(
-            f"certificate {_attr(cert, NameOID.COMMON_NAME)!r} has a bad CA signature (other CA?)"
-        ) from e
-    when = at or _now()
+        raise PKIError(f"certificate {shown} has a bad CA signature (other CA?)") from e
     if not cert.not_valid_before_utc <= when <= cert.not_valid_after_utc:
-        raise PKIError(f"certificate {_attr(cert, NameOID.COMMON_NAME)!r} is not valid at {when.isoformat()}")
+        raise PKIError(
+            f"certificate {shown} is not valid at {when.isoformat()} (valid "
+            f"{cert.not_valid_before_utc.isoformat()} to {cert.not_valid_after_utc.isoformat()})"
+        )
+    if not cn:
+        raise PKIError("certificate has no CN (common name): a node certificate names its node there")
+    _check_name("certificate CN", cn)
+    role = _attr(cert, NameOID.ORGANIZATIONAL_UNIT_NAME)
+    if role not in ROLES:
+        raise PKIError(f"certificate {shown} has role OU={role[:64]!r}: expected one of {', '.join(ROLES)}")
+    key = cert.public_key()
+    if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, ec.SECP256R1):
+        kind = key.curve.name if isinstance(key, ec.EllipticCurvePublicKey) else type(key).__name__
+        raise PKIError(f"certificate {shown} has a {kind} key: expected ECDSA P-256 (secp256r1)")
     return CertInfo(
-        name=_attr(cert, NameOID.COMMON_NAME),
+        name=cn,
         organisation=_attr(cert, NameOID.ORGANIZATION_NAME),
-        role=_attr(cert, NameOID.ORGANIZATIONAL_UNIT_NAME),
-        fingerprint=fingerprint(cert_pem),
+        role=role,
+        fingerprint=hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest(),
     )
 
 
@@ -351,7 +399,10 @@ def peer_name(ssl_object: ssl.SSLObject | ssl.SSLSocket) -> str:
     der = ssl_object.getpeercert(binary_form=True)
     if not der:
         raise PKIError("the peer presented no certificate")
-    return _attr(x509.load_der_x509_certificate(der), NameOID.COMMON_NAME)
+    try:
+        return _attr(x509.load_der_x509_certificate(der), NameOID.COMMON_NAME)
+    except _PARSE_ERRORS as e:
+        raise PKIError(f"the peer's certificate cannot be read: {str(e)[:200]}") from e
 
 
 def sign(key_path: str | os.PathLike[str], data: bytes) -> bytes:
@@ -363,8 +414,13 @@ def sign(key_path: str | os.PathLike[str], data: bytes) -> bytes:
 
 
 def verify_signature(cert_pem: bytes, data: bytes, sig: bytes) -> bool:
-    """True if ``sig`` is a valid ECDSA-SHA256 signature of ``data`` by the key of ``cert_pem``."""
-    pub = x509.load_pem_x509_certificate(cert_pem).public_key()
+    """True if ``sig`` is a valid ECDSA-SHA256 signature of ``data`` by the key of ``cert_pem``.
+
+    Raises PKIError when ``cert_pem`` cannot be read."""
+    try:
+        pub = _load_pem(cert_pem, "certificate").public_key()
+    except _PARSE_ERRORS as e:
+        raise PKIError(f"certificate has an unreadable public key: {str(e)[:200]}") from e
     if not isinstance(pub, ec.EllipticCurvePublicKey):
         return False
     try:

@@ -18,11 +18,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from swarmlearning import pki
+from swarmlearning.limits import Limits, describe
 
 GENESIS_HASH = "0" * 64
 KINDS = ("member", "contract", "close", "round")
 """member: a node joined; contract: a training contract's parameters; close: a round's participant
 set (fixes the leader order); round: a merge result committed by the round leader."""
+
+
+MAX_ATTEMPT = 100_000
+"""Largest leader attempt a valid round record may name: recomputing its leader walks every earlier
+attempt, so an absurd one from a forged record would stall verification."""
+_STR_FIELDS = ("contract", "kind", "prev_hash", "author", "author_fingerprint", "time", "signature", "hash")
 
 
 class RecordError(ValueError):
@@ -78,34 +85,53 @@ class Record:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Record:
-        try:
-            rec = cls(
-                seq=int(d["seq"]),
-                contract=str(d["contract"]),
-                kind=str(d["kind"]),
-                body=dict(d["body"]),
-                prev_hash=str(d["prev_hash"]),
-                author=str(d["author"]),
-                author_fingerprint=str(d["author_fingerprint"]),
-                time=str(d["time"]),
-                signature=str(d["signature"]),
-                hash=str(d["hash"]),
-            )
-        except KeyError as e:
-            raise RecordError(f"record is missing field {e.args[0]!r}") from e
-        except (TypeError, ValueError) as e:
-            raise RecordError(f"record has a malformed field: {e}") from e
-        return rec
+        """A record from its JSON object; fields must have their JSON types exactly (no coercion: a
+        coerced value would hash differently from what the author signed). Raises RecordError."""
+        if not isinstance(d, Mapping):
+            raise RecordError(f"record is a {type(d).__name__}, expected a JSON object")
+        for name in ("seq", "body", *_STR_FIELDS):
+            if name not in d:
+                raise RecordError(f"record is missing field {name!r}")
+        seq = d["seq"]
+        if isinstance(seq, bool) or not isinstance(seq, int) or seq < 0:
+            raise RecordError(f"record field 'seq' must be an integer >= 0, got {_shown(seq)}")
+        if not isinstance(d["body"], Mapping):
+            raise RecordError(f"record field 'body' must be a JSON object, got {type(d['body']).__name__}")
+        for name in _STR_FIELDS:
+            if not isinstance(d[name], str):
+                raise RecordError(f"record field {name!r} must be a string, got {type(d[name]).__name__}")
+        return cls(
+            seq=seq,
+            contract=d["contract"],
+            kind=d["kind"],
+            body=dict(d["body"]),
+            prev_hash=d["prev_hash"],
+            author=d["author"],
+            author_fingerprint=d["author_fingerprint"],
+            time=d["time"],
+            signature=d["signature"],
+            hash=d["hash"],
+        )
 
     @classmethod
-    def from_json(cls, data: bytes | str) -> Record:
+    def from_json(cls, data: bytes | str, limits: Limits | None = None) -> Record:
+        """Parse a stored record of at most ``limits.record_bytes``; raises RecordError naming the problem."""
+        lim = limits or Limits.from_env()
+        size = len(data.encode() if isinstance(data, str) else data)
+        if size > lim.record_bytes:
+            raise RecordError(f"record of {size} bytes exceeds the limit of {describe(lim, 'record_bytes')}")
         try:
             d = json.loads(data)
-        except json.JSONDecodeError as e:
-            raise RecordError(f"record is not JSON: {e}") from e
+        except (ValueError, RecursionError) as e:  # bad JSON or UTF-8, 4300+ digit ints; deep nesting
+            raise RecordError(f"record is not JSON: {str(e)[:200]}") from e
         if not isinstance(d, dict):
-            raise RecordError("record is not a JSON object")
+            raise RecordError(f"record is not a JSON object but a JSON {type(d).__name__}")
         return cls.from_dict(d)
+
+
+def _shown(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:40] + "..."
 
 
 def utc_now() -> str:
@@ -153,29 +179,36 @@ def check_protocol(rec: Record, closes: dict[tuple[str, int], Record], results: 
 
     if rec.kind not in ("close", "round"):
         return ""
-    try:
-        key = (rec.contract, int(rec.body["round"]))
-    except (KeyError, TypeError, ValueError):
-        return f"{rec.kind} record without a valid round number"
+    round_no = rec.body.get("round")
+    if isinstance(round_no, bool) or not isinstance(round_no, int) or not 0 <= round_no < 1 << 63:
+        return f"{rec.kind} record without a valid round number (an int in 0..2**63-1)"
+    key = (rec.contract, round_no)
     if rec.kind == "close":
         if key in closes:
-            return f"round {key[1]} of {key[0]!r} closed twice (first at record {closes[key].seq})"
+            return f"round {key[1]} of {_shown(key[0])} closed twice (first at record {closes[key].seq})"
         closes[key] = rec
         return ""
     if key in results:
-        return f"round {key[1]} of {key[0]!r} has a second result"
+        return f"round {key[1]} of {_shown(key[0])} has a second result"
     close = closes.get(key)
     if close is None:
-        return f"result of round {key[1]} of {key[0]!r} without a close record before it"
+        return f"result of round {key[1]} of {_shown(key[0])} without a close record before it"
     results.add(key)
+    attempt = rec.body.get("attempt")
+    if isinstance(attempt, bool) or not isinstance(attempt, int) or not 0 <= attempt <= MAX_ATTEMPT:
+        return (
+            f"result of round {key[1]} of {_shown(key[0])} has attempt {_shown(attempt)}, "
+            f"not an int in 0..{MAX_ATTEMPT}"
+        )
     try:
-        expected = leader_for(RoundClose.from_record(close), int(rec.body["attempt"]))
-    except (KeyError, TypeError, ValueError, NoEligibleLeader) as e:
-        return f"cannot recompute the leader of round {key[1]}: {e}"
+        expected = leader_for(RoundClose.from_record(close), attempt)
+    except (KeyError, TypeError, ValueError, AttributeError, OverflowError, NoEligibleLeader) as e:
+        # A signed but malformed close body (participants not a list of objects, wrong field types).
+        return f"cannot recompute the leader of round {key[1]}: {type(e).__name__}: {str(e)[:200]}"
     if rec.author != expected:
         return (
-            f"round {key[1]} of {key[0]!r} was committed by {rec.author!r}, but the leader of attempt "
-            f"{rec.body['attempt']} is {expected!r}"
+            f"round {key[1]} of {_shown(key[0])} was committed by {_shown(rec.author)}, "
+            f"but the leader of attempt {attempt} is {_shown(expected)}"
         )
     return ""
 
@@ -231,17 +264,24 @@ def verify_chain(
             )
         try:
             computed = rec.compute_hash()
-        except (ValueError, TypeError) as e:
-            return bad(f"cannot hash the record: {e}")
+        except (ValueError, TypeError, RecursionError) as e:
+            return bad(f"cannot hash the record: {str(e)[:200]}")
         if computed != rec.hash:
             return bad("hash does not match the content (record altered)")
         cert = certificates.get(rec.author_fingerprint)
         if cert is None:
             return bad(
-                f"no certificate for author {rec.author!r} with fingerprint {rec.author_fingerprint[:16]}…"
+                f"no certificate for author {_shown(rec.author)} "
+                f"with fingerprint {rec.author_fingerprint[:16]}…"
             )
-        if pki.fingerprint(cert) != rec.author_fingerprint:
-            return bad(f"the certificate stored for {rec.author!r} does not have the recorded fingerprint")
+        try:
+            stored_fingerprint = pki.fingerprint(cert)
+        except pki.PKIError as e:
+            return bad(f"the certificate stored for {_shown(rec.author)} cannot be read: {e}")
+        if stored_fingerprint != rec.author_fingerprint:
+            return bad(
+                f"the certificate stored for {_shown(rec.author)} does not have the recorded fingerprint"
+            )
         if ca_pem is not None and rec.author_fingerprint not in checked_certs:
             try:
                 checked_certs[rec.author_fingerprint] = pki.check_cert(cert, ca_pem).name
@@ -249,7 +289,7 @@ def verify_chain(
                 return bad(f"author certificate rejected: {e}")
         if ca_pem is not None and checked_certs[rec.author_fingerprint] != rec.author:
             return bad(
-                f"author {rec.author!r} does not match the certificate CN "
+                f"author {_shown(rec.author)} does not match the certificate CN "
                 f"{checked_certs[rec.author_fingerprint]!r}"
             )
         try:
@@ -257,7 +297,7 @@ def verify_chain(
         except ValueError:
             return bad("signature is not base64")
         if not pki.verify_signature(cert, rec.canonical_bytes(), sig):
-            return bad(f"signature by {rec.author!r} is invalid (record altered or forged)")
+            return bad(f"signature by {_shown(rec.author)} is invalid (record altered or forged)")
         problem = check_protocol(rec, closes, results)
         if problem:
             return bad(problem)

@@ -20,11 +20,14 @@ import struct
 from dataclasses import dataclass, field
 from typing import Any
 
+from swarmlearning.limits import Limits, describe
+
 _LEN = struct.Struct(">I")
-MAX_HEADER_BYTES = 1 << 20
-"""Largest JSON header accepted (1 MiB); a bigger one means a peer speaking another protocol."""
-MAX_PAYLOAD_BYTES = 1 << 34
-"""Largest payload accepted (16 GiB)."""
+MAX_HEADER_BYTES = Limits().channel_header_bytes
+"""Default largest JSON header (1 MiB; ``SWARM_MAX_CHANNEL_HEADER_BYTES``): a bigger one means a peer
+speaking another protocol."""
+MAX_PAYLOAD_BYTES = Limits().channel_payload_bytes
+"""Default largest payload (16 GiB; ``SWARM_MAX_CHANNEL_PAYLOAD_BYTES``)."""
 
 
 class ChannelError(RuntimeError):
@@ -39,41 +42,66 @@ class Frame:
     payload: bytes = field(default=b"", repr=False)
 
 
-def encode_frame(frame: Frame) -> bytes:
-    """Serialise a frame; ``payload_bytes`` in the header is set from the payload."""
+def encode_frame(frame: Frame, limits: Limits | None = None) -> bytes:
+    """Serialise a frame; ``payload_bytes`` in the header is set from the payload.
+
+    Raises ChannelError when the header or payload exceeds what the other side accepts."""
+    lim = limits or Limits.from_env()
     header = dict(frame.header)
     header["payload_bytes"] = len(frame.payload)
-    raw = json.dumps(header, separators=(",", ":")).encode()
-    if len(raw) > MAX_HEADER_BYTES:
-        raise ChannelError(f"frame header of {len(raw)} bytes exceeds {MAX_HEADER_BYTES}")
+    try:
+        raw = json.dumps(header, separators=(",", ":")).encode()
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise ChannelError(f"frame header cannot be serialised as JSON: {exc}") from exc
+    if len(raw) > lim.channel_header_bytes:
+        raise ChannelError(
+            f"frame header of {len(raw)} bytes exceeds the limit of {describe(lim, 'channel_header_bytes')}"
+        )
+    if len(frame.payload) > lim.channel_payload_bytes:
+        raise ChannelError(
+            f"frame payload of {len(frame.payload)} bytes exceeds the limit of "
+            f"{describe(lim, 'channel_payload_bytes')}"
+        )
     return _LEN.pack(len(raw)) + raw + frame.payload
 
 
-def _parse_header(raw: bytes) -> tuple[dict[str, Any], int]:
+def _parse_header(raw: bytes, lim: Limits) -> tuple[dict[str, Any], int]:
     try:
         header = json.loads(raw.decode())
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ChannelError(f"frame header is not JSON: {exc}") from exc
+    except (ValueError, RecursionError) as exc:  # bad UTF-8 or JSON, 4300+ digit ints; deep nesting
+        text = str(exc)
+        raise ChannelError(f"frame header is not JSON: {text[:200]}") from exc
     if not isinstance(header, dict):
-        raise ChannelError("frame header must be a JSON object")
+        raise ChannelError(f"frame header must be a JSON object, got a JSON {type(header).__name__}")
     size = header.get("payload_bytes", 0)
-    if not isinstance(size, int) or not 0 <= size <= MAX_PAYLOAD_BYTES:
-        raise ChannelError(f"frame payload_bytes must be an int in 0..{MAX_PAYLOAD_BYTES}, got {size!r}")
+    if isinstance(size, bool) or not isinstance(size, int) or not 0 <= size <= lim.channel_payload_bytes:
+        shown = repr(size) if isinstance(size, int) and not isinstance(size, bool) else type(size).__name__
+        raise ChannelError(
+            f"frame payload_bytes must be an int in 0..{lim.channel_payload_bytes} "
+            f"(SWARM_MAX_CHANNEL_PAYLOAD_BYTES), got {shown[:40]}"
+        )
     return header, size
 
 
-def _check_header_len(n: int) -> None:
-    if n > MAX_HEADER_BYTES:
-        raise ChannelError(f"frame header length {n} exceeds {MAX_HEADER_BYTES}; not a swarm channel peer")
+def _check_header_len(n: int, lim: Limits) -> None:
+    if n > lim.channel_header_bytes:
+        raise ChannelError(
+            f"frame header length {n} exceeds the limit of {describe(lim, 'channel_header_bytes')}; "
+            "not a swarm channel peer"
+        )
 
 
-def decode_frame(data: bytes) -> Frame:
-    """Parse one complete frame from bytes (the inverse of ``encode_frame``)."""
+def decode_frame(data: bytes, limits: Limits | None = None) -> Frame:
+    """Parse one complete frame from bytes (the inverse of ``encode_frame``); raises ChannelError."""
+    lim = limits or Limits.from_env()
     if len(data) < _LEN.size:
         raise ChannelError("truncated frame: no length prefix")
     (hlen,) = _LEN.unpack_from(data)
-    _check_header_len(hlen)
-    header, size = _parse_header(data[_LEN.size : _LEN.size + hlen])
+    _check_header_len(hlen, lim)
+    if len(data) < _LEN.size + hlen:
+        left = len(data) - _LEN.size
+        raise ChannelError(f"truncated frame: header length {hlen}, only {left} bytes follow")
+    header, size = _parse_header(data[_LEN.size : _LEN.size + hlen], lim)
     payload = data[_LEN.size + hlen :]
     if len(payload) != size:
         raise ChannelError(f"truncated frame: payload has {len(payload)} bytes, header says {size}")
@@ -95,12 +123,13 @@ def _recv_exact(sock: socket.socket, n: int) -> bytes:
     return b"".join(chunks)
 
 
-def recv_frame(sock: socket.socket) -> Frame:
-    """Read one frame from a blocking socket (honours the socket's timeout)."""
+def recv_frame(sock: socket.socket, limits: Limits | None = None) -> Frame:
+    """Read one frame from a blocking socket (honours the socket's timeout); raises ChannelError."""
+    lim = limits or Limits.from_env()
     try:
         (hlen,) = _LEN.unpack(_recv_exact(sock, _LEN.size))
-        _check_header_len(hlen)
-        header, size = _parse_header(_recv_exact(sock, hlen))
+        _check_header_len(hlen, lim)
+        header, size = _parse_header(_recv_exact(sock, hlen), lim)
         return Frame(header, _recv_exact(sock, size) if size else b"")
     except TimeoutError as exc:
         raise ChannelError("timed out waiting for the SL node's reply") from exc
@@ -109,10 +138,12 @@ def recv_frame(sock: socket.socket) -> Frame:
 class ChannelClient:
     """Blocking client used by ``SwarmCallback``: connect, send a request, read its reply."""
 
-    def __init__(self, path: str, connect_timeout: float = 60.0) -> None:
+    def __init__(self, path: str, connect_timeout: float = 60.0, limits: Limits | None = None) -> None:
         """Connect to the SL node's socket at ``path``, retrying up to ``connect_timeout`` seconds
-        (the SL node may still be starting)."""
+        (the SL node may still be starting). ``limits``: frame sizes (default ``Limits.from_env()``)."""
         import time
+
+        self._limits = limits or Limits.from_env()
 
         deadline = time.monotonic() + connect_timeout
         last: OSError | None = None
@@ -133,15 +164,15 @@ class ChannelClient:
         """Send ``frame`` and wait up to ``timeout`` seconds for the reply."""
         self._sock.settimeout(timeout)
         try:
-            self._sock.sendall(encode_frame(frame))
+            self._sock.sendall(encode_frame(frame, self._limits))
         except OSError as exc:
             raise ChannelError(f"cannot send to the SL node: {exc}") from exc
-        return recv_frame(self._sock)
+        return recv_frame(self._sock, self._limits)
 
     def read(self, timeout: float) -> Frame:
         """Read the next frame (after an interim reply), waiting up to ``timeout`` seconds."""
         self._sock.settimeout(timeout)
-        return recv_frame(self._sock)
+        return recv_frame(self._sock, self._limits)
 
     def close(self) -> None:
         self._sock.close()
@@ -150,8 +181,11 @@ class ChannelClient:
 # ---- asyncio side (SL node) ----
 
 
-async def read_frame(reader: asyncio.StreamReader) -> Frame | None:
-    """Read one frame; ``None`` when the peer closed the connection cleanly between frames."""
+async def read_frame(reader: asyncio.StreamReader, limits: Limits | None = None) -> Frame | None:
+    """Read one frame; ``None`` when the peer closed the connection cleanly between frames.
+
+    Raises ChannelError on a malformed or oversized frame or a connection closed mid-frame."""
+    lim = limits or Limits.from_env()
     try:
         prefix = await reader.readexactly(_LEN.size)
     except asyncio.IncompleteReadError as exc:
@@ -159,15 +193,15 @@ async def read_frame(reader: asyncio.StreamReader) -> Frame | None:
             return None
         raise ChannelError("truncated frame length") from exc
     (hlen,) = _LEN.unpack(prefix)
-    _check_header_len(hlen)
+    _check_header_len(hlen, lim)
     try:
-        header, size = _parse_header(await reader.readexactly(hlen))
+        header, size = _parse_header(await reader.readexactly(hlen), lim)
         payload = await reader.readexactly(size) if size else b""
     except asyncio.IncompleteReadError as exc:
         raise ChannelError("ML process closed the channel mid-frame") from exc
     return Frame(header, payload)
 
 
-async def write_frame(writer: asyncio.StreamWriter, frame: Frame) -> None:
-    writer.write(encode_frame(frame))
+async def write_frame(writer: asyncio.StreamWriter, frame: Frame, limits: Limits | None = None) -> None:
+    writer.write(encode_frame(frame, limits))
     await writer.drain()

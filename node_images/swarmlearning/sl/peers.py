@@ -13,24 +13,49 @@ round input and every merged model it has (as leader or after fetching it):
 TLS: the server presents the node certificate and requires a client certificate signed by the swarm CA
 (``pki.server_ssl_context``), so a client without one is refused during the handshake and never sees a
 byte of a model. Clients present their node certificate and check the server's against the same CA.
+
+Both directions read bytes another party controls, bounded by :class:`swarmlearning.limits.Limits`:
+the server's HTTP parser by the request line / header field / header count limits (a bad request gets a
+4xx and the connection stays usable or is closed), the client's by the same limits on the response and
+by ``model_bytes`` on the body, checked while reading (never after buffering it). Every rejection is
+logged at WARNING naming the peer (certificate CN, else address) and counted in ``rejections``.
 """
 
 from __future__ import annotations
 
+import hashlib
+import inspect
 import logging
+import re
 import ssl
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
+from aiohttp.http_exceptions import HttpProcessingError
 
 from swarmlearning import pki
+from swarmlearning.limits import Limits, describe
 from swarmlearning.sl.progress import Progress, finite
 from swarmlearning.sl.weights import digest
 
 log = logging.getLogger("swarmlearning.sl.peers")
+_http_log = logging.getLogger("swarmlearning.sl.peers.http")
+"""aiohttp's own server log: its tracebacks for unparsable requests are dropped (they are logged as
+rejections instead); anything else it reports (a failing handler) stays."""
+
+
+class _DropParseErrors(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not isinstance(exc, HttpProcessingError)
+
+
+_http_log.addFilter(_DropParseErrors())
 
 KINDS = ("input", "merged")
 DIGEST_HEADER = "X-Swarm-Digest"
@@ -41,6 +66,17 @@ METRIC_HEADER = "X-Swarm-Metric"
 """Latest validation loss / metric of the input's node; absent when it reported none."""
 KEEP_ROUNDS = 8
 """Models kept per kind: enough for late fetchers and leader retries, bounded memory."""
+ROUND_RE = re.compile(r"[0-9]{1,18}")
+"""A round number in a path: ASCII digits only (``int`` would also take ``" 1"``, ``"1_0"``, ``"١"``)."""
+DIGEST_RE = re.compile(r"[0-9a-f]{64}")
+ERROR_BODY_BYTES = 200
+"""Bytes of a peer's error response quoted in a PeerError (the rest is never read)."""
+_CLIENT_MAX_HEADERS = "max_headers" in inspect.signature(aiohttp.ClientSession.__init__).parameters
+"""aiohttp >= 3.13.4 can bound the number of response headers; older ones (pyproject allows 3.9) cannot."""
+_HANDLED: Any = (
+    web.ResponseKey("swarm_rejection", str) if hasattr(web, "ResponseKey") else "swarm_rejection"
+)  # a typed key where aiohttp has them (3.13+), else the string key older versions use
+"""Response key set by the handlers: the access log leaves those responses alone."""
 
 
 class PeerError(RuntimeError):
@@ -86,10 +122,18 @@ class ModelStore:
 
 
 class PeerServer:
-    """HTTPS server for this node's models; requires client certificates from the swarm CA."""
+    """HTTPS server for this node's models; requires client certificates from the swarm CA.
 
-    def __init__(self, node: pki.NodeCert, store: ModelStore, host: str, port: int) -> None:
+    ``rejections`` counts refused requests by kind: ``bad-http`` (unparsable, or over a request line /
+    header limit), ``unknown-path``, ``method-not-allowed``, ``bad-round``, ``bad-kind`` and ``http-<status>``
+    for other 4xx answers. A model that is simply not held (404) is not a rejection."""
+
+    def __init__(
+        self, node: pki.NodeCert, store: ModelStore, host: str, port: int, *, limits: Limits | None = None
+    ) -> None:
         self.node, self.store, self.host, self.port = node, store, host, port
+        self.limits = limits or Limits.from_env()
+        self.rejections: Counter[str] = Counter()
         self._runner: web.AppRunner | None = None
 
     async def start(self) -> int:
@@ -97,7 +141,18 @@ class PeerServer:
         app = web.Application(client_max_size=1024)
         app.router.add_get("/v1/health", self._health)
         app.router.add_get("/v1/models/{contract}/{round}/{kind}", self._model)
-        self._runner = web.AppRunner(app, access_log=None)
+        self._runner = web.AppRunner(
+            app,
+            access_log=log,
+            access_log_class=_rejection_log(self),
+            logger=_http_log,
+            max_line_size=self.limits.request_line_bytes,
+            max_field_size=self.limits.header_field_bytes,
+            max_headers=self.limits.header_count,
+            # Also closes a connection stuck in an unfinished request (e.g. "PRI ..." waiting for an
+            # HTTP/2 preface), which aiohttp otherwise keeps for an hour.
+            keepalive_timeout=float(self.limits.peer_idle_seconds),
+        )
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port, ssl_context=pki.server_ssl_context(self.node))
         await site.start()
@@ -113,36 +168,99 @@ class PeerServer:
             self._runner = None
 
     async def _health(self, request: web.Request) -> web.Response:
-        return web.json_response({"node": self.node.name})
+        return _handled(web.json_response({"node": self.node.name}))
 
     async def _model(self, request: web.Request) -> web.Response:
         kind = request.match_info["kind"]
-        try:
-            round_no = int(request.match_info["round"])
-        except ValueError:
-            return web.Response(status=400, text="round must be an integer")
+        raw_round = request.match_info["round"]
+        if not ROUND_RE.fullmatch(raw_round):
+            return self._reject(
+                request, 400, "bad-round", f"round must be 1-18 ASCII digits, got {raw_round!r:.40}"
+            )
+        round_no = int(raw_round)
         if kind not in KINDS:
-            return web.Response(status=400, text=f"kind must be one of {', '.join(KINDS)}")
+            return self._reject(
+                request, 400, "bad-kind", f"kind must be one of {', '.join(KINDS)}, got {kind!r:.40}"
+            )
         held = self.store.get(ModelKey(request.match_info["contract"], round_no, kind))
         if held is None:
-            return web.Response(
-                status=404, text=f"{self.node.name} holds no {kind} model for round {round_no}"
+            return _handled(
+                web.Response(status=404, text=f"{self.node.name} holds no {kind} model for round {round_no}")
             )
         headers = {DIGEST_HEADER: held.digest, FINAL_HEADER: "1" if held.final else "0"}
         headers.update(progress_headers(held.progress))
-        return web.Response(body=held.data, content_type="application/octet-stream", headers=headers)
+        return _handled(
+            web.Response(body=held.data, content_type="application/octet-stream", headers=headers)
+        )
+
+    def _reject(self, request: web.BaseRequest, status: int, kind: str, reason: str) -> web.Response:
+        self.record_rejection(_peer_of(request), kind, reason)
+        return _handled(web.Response(status=status, text=reason), kind)
+
+    def record_rejection(self, peer: str, kind: str, reason: str) -> None:
+        """Log (WARNING) and count a refused request from ``peer`` (CN or address)."""
+        self.rejections[kind] += 1
+        log.warning("%s: rejected a request from %s: %s (%s)", self.node.name, peer, reason, kind)
+
+
+def _handled(resp: web.Response, kind: str = "") -> web.Response:
+    resp[_HANDLED] = kind
+    return resp
+
+
+def _peer_of(request: web.BaseRequest) -> str:
+    """The peer's certificate CN when the TLS connection has one, else its address."""
+    transport = request.transport
+    ssl_object = transport.get_extra_info("ssl_object") if transport is not None else None
+    if ssl_object is not None:
+        try:
+            return pki.peer_name(ssl_object) or f"a peer without CN at {request.remote}"
+        except pki.PKIError:
+            pass
+    return str(request.remote or "an unknown address")
+
+
+def _rejection_log(server: PeerServer) -> type[AbstractAccessLogger]:
+    """An access logger (aiohttp calls it for every response, also those to unparsable requests,
+    which never reach a handler) that records 4xx answers the handlers did not produce themselves."""
+
+    class RejectionLog(AbstractAccessLogger):
+        def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+            if response.status < 400 or _HANDLED in response:
+                return
+            kind = {400: "bad-http", 404: "unknown-path", 405: "method-not-allowed"}.get(
+                response.status, f"http-{response.status}"
+            )
+            text = response.text if isinstance(response, web.Response) else None
+            reason = " ".join((text or f"HTTP {response.status}").split())[:200]
+            server.record_rejection(_peer_of(request), kind, reason)
+
+    return RejectionLog
 
 
 class PeerClient:
-    """Fetches models from other SL nodes, presenting this node's certificate."""
+    """Fetches models from other SL nodes, presenting this node's certificate.
 
-    def __init__(self, node: pki.NodeCert) -> None:
+    ``rejections`` counts refused responses by kind: ``too-large`` (over ``limits.model_bytes``),
+    ``bad-digest`` (body differs from the served header or the ledger), ``bad-header`` (unparsable
+    response, a header over the limits, a malformed digest header)."""
+
+    def __init__(self, node: pki.NodeCert, *, limits: Limits | None = None) -> None:
         self._ssl: ssl.SSLContext = pki.client_ssl_context(node)
         self._session: aiohttp.ClientSession | None = None
+        self.limits = limits or Limits.from_env()
+        self.rejections: Counter[str] = Counter()
 
     async def _get_session(self) -> aiohttp.ClientSession:
         if self._session is None:
-            self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=self._ssl, limit=16))
+            count = {"max_headers": self.limits.header_count} if _CLIENT_MAX_HEADERS else {}
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(ssl=self._ssl, limit=16),
+                max_line_size=self.limits.request_line_bytes,
+                max_field_size=self.limits.header_field_bytes,
+                auto_decompress=False,  # a model is never compressed; a "gzip" body could be a zip bomb
+                **count,  # type: ignore[arg-type]
+            )
         return self._session
 
     async def close(self) -> None:
@@ -164,28 +282,84 @@ class PeerClient:
         returns its bytes, digest, whether its node had finished training and the node's reported
         progress (untrusted: only finite values are kept).
 
-        Raises PeerError when unreachable, refused, missing, or when the body's digest differs from the
+        Raises PeerError when unreachable, refused, missing, when the body exceeds
+        ``limits.model_bytes`` (reading stops there), or when the body's digest differs from the
         served header or from ``expected_digest`` (the digest recorded in the ledger).
         """
         url = f"https://{endpoint}/v1/models/{contract}/{round_no}/{kind}"
+        limit = self.limits.model_bytes
         session = await self._get_session()
+        peer = endpoint
         try:
             async with session.get(url, timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
+                peer = _server_name(resp) or endpoint
                 if resp.status != 200:
-                    text = (await resp.text())[:200]
-                    raise PeerError(f"{url}: HTTP {resp.status}: {text}")
-                body = await resp.read()
+                    text = (await resp.content.read(ERROR_BODY_BYTES)).decode("utf-8", "replace")
+                    raise PeerError(f"{url}: HTTP {resp.status}: {text!r}")
                 served = resp.headers.get(DIGEST_HEADER, "")
+                if not DIGEST_RE.fullmatch(served):
+                    raise self._rejected(
+                        peer, "bad-header", f"{url}: {DIGEST_HEADER} {served[:80]!r} is not sha256 hex"
+                    )
+                declared = resp.content_length
+                if declared is not None and declared > limit:
+                    allowed = describe(self.limits, "model_bytes")
+                    raise self._rejected(
+                        peer, "too-large", f"{url}: body of {declared} bytes exceeds the limit of {allowed}"
+                    )
                 final = resp.headers.get(FINAL_HEADER) == "1"
                 progress = parse_progress_headers(resp.headers)
+                body = bytearray()
+                hasher = hashlib.sha256()
+                async for chunk in resp.content.iter_chunked(1 << 20):
+                    if len(body) + len(chunk) > limit:
+                        raise self._rejected(
+                            peer,
+                            "too-large",
+                            f"{url}: body exceeds the limit of {describe(self.limits, 'model_bytes')}; "
+                            "stopped reading",
+                        )
+                    body += chunk
+                    hasher.update(chunk)
+        except aiohttp.ClientResponseError as exc:  # includes an unparsable response or oversized headers
+            raise self._rejected(
+                peer, "bad-header", f"{url}: {type(exc).__name__}: {str(exc)[:300]}"
+            ) from exc
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            raise PeerError(f"{url}: {type(exc).__name__}: {exc}") from exc
-        actual = digest(body)
+            raise PeerError(f"{url}: {type(exc).__name__}: {str(exc)[:300]}") from exc
+        actual = hasher.hexdigest()
         if served != actual:
-            raise PeerError(f"{url}: body digest {actual[:12]} differs from the served header {served[:12]}")
+            raise self._rejected(
+                peer,
+                "bad-digest",
+                f"{url}: body digest {actual[:12]} differs from the served header {served[:12]}",
+            )
         if expected_digest is not None and actual != expected_digest:
-            raise PeerError(f"{url}: digest {actual[:12]} differs from the ledger's {expected_digest[:12]}")
-        return HeldModel(body, actual, final, progress)
+            raise self._rejected(
+                peer,
+                "bad-digest",
+                f"{url}: digest {actual[:12]} differs from the ledger's {expected_digest[:12]}",
+            )
+        return HeldModel(bytes(body), actual, final, progress)
+
+    def _rejected(self, peer: str, kind: str, reason: str) -> PeerError:
+        """Log (WARNING) and count a refused response from ``peer``; returns the error to raise."""
+        self.rejections[kind] += 1
+        log.warning("rejected a response from %s: %s (%s)", peer, reason, kind)
+        return PeerError(reason)
+
+
+def _server_name(resp: aiohttp.ClientResponse) -> str:
+    """CN of the server's (CA-verified) certificate, "" when unknown."""
+    conn = resp.connection
+    transport = conn.transport if conn is not None else None
+    ssl_object = transport.get_extra_info("ssl_object") if transport is not None else None
+    if ssl_object is None:
+        return ""
+    try:
+        return pki.peer_name(ssl_object)
+    except pki.PKIError:
+        return ""
 
 
 def progress_headers(progress: Progress) -> dict[str, str]:
