@@ -92,6 +92,36 @@ def test_an_sl_node_writes_only_its_own_keys(sn_cluster) -> None:
     run(scenario())
 
 
+def test_garbage_under_a_nodes_own_keys_is_ignored_by_the_others(sn_cluster, caplog) -> None:
+    """A node may write anything under its own prefix: malformed member, ready and model marks are
+    skipped with a warning naming the key, and the rest of the swarm goes on (a round still closes)."""
+    cluster = sn_cluster(1)
+    alice, bob, carol = (cluster.provision(n) for n in ("alice", "bob", "carol"))
+
+    async def scenario() -> None:
+        a, b, c = await _nodes(cluster.endpoints, [alice, bob, carol])
+        try:
+            await c.etcd.put(keys.member_key("carol"), b"{not json", lease=c._member_lease)
+            await c.etcd.put(keys.ready_key("carol", "k", 1), b'{"digest": []}', lease=c._member_lease)
+            await c.etcd.put(keys.model_key("carol", "k", 1), b"[" * 100_000)
+            await a.etcd.put(
+                keys.ready_key("alice", "k", 1), b'{"digest": 1, "weight": "x"}', lease=a._member_lease
+            )
+            assert [m.name for m in await b.members()] == ["alice", "bob"]
+            await b.mark_ready("k", 1, digest="d" * 64, weight=1, samples=3)
+            assert [p.name for p, _ in await b.ready_peers("k", 1)] == ["bob"]
+            assert await b.who_has_model("k", 1) == []
+            close = await b.close_round("k", 1, min_peers=1, full_quorum_wait_s=0, timeout_s=10)
+            assert close.names == ("bob",)
+        finally:
+            await _close_all([a, b, c])
+
+    run(scenario())
+    warned = " ".join(r.getMessage() for r in caplog.records if r.levelname == "WARNING")
+    for key in (keys.member_key("carol"), keys.ready_key("alice", "k", 1), keys.model_key("carol", "k", 1)):
+        assert f"ignoring malformed {key}" in warned, warned
+
+
 def test_a_forged_record_in_the_shared_range_is_detected(sn_cluster) -> None:
     """alice may write the shared ledger range, but cannot sign as bob: verification names the record."""
     cluster = sn_cluster(1)

@@ -16,6 +16,8 @@ from swarmlearning.ledger import keys
 from swarmlearning.local.runner import LocalSwarm, tail
 from swarmlearning.sl.weights import digest, encode_state
 
+from tests.chaos.netns import SwarmNet
+from tests.chaos.swarm import ChaosSwarm, attach_root
 from tests.integration.test_swarm import (
     DIGITS,
     ROOT,
@@ -129,6 +131,59 @@ def test_sl_node_restarted_under_a_running_ml_process(tmp_path: Path) -> None:
         later = [n for n, c in close_records(swarm).items() if n > 3 and "node-2" in str(c.body)]
         assert later, "node-2 took part in no round after its SL node restarted"
         assert_identical(final_models(swarm, cfg.node_names()))
+
+
+def test_a_participant_slow_to_fetch_the_final_model_still_gets_it(tmp_path: Path) -> None:
+    """The final round's leader keeps serving until the slow participant recorded having the model (the
+    linger time is only an upper bound, set far above the fetch time here; a first SIGTERM, which
+    Kubernetes sends once the ML container exits, does not cut it short), then exits on its own. The
+    two sites are on their own network hosts with 1.5 s of delay each way between them, so whichever
+    does not lead takes seconds to download the final model."""
+    cfg = small_config(2, train={"epochs": 1})
+    with SwarmNet(prefix="swslow") as net:
+        attach_root(net)
+        with ChaosSwarm(
+            config=cfg, run_dir=tmp_path / "run", net=net, sn_members=1, sl_linger_seconds=300
+        ) as swarm:
+            swarm.prepare()
+            swarm.start_all()
+            names = cfg.node_names()
+            wait_for("round 2 to be committed", lambda: 2 in round_records(swarm), 120, swarm)
+            net.delay("node-1", "node-2", 1500)
+
+            def serving_leader() -> str | None:
+                return next((n for n in names if "serving final model" in sl_log(swarm, n)), None)
+
+            # As Kubernetes does when the ML container exits: SIGTERM to the SL node serving the model.
+            leader = wait_for(
+                "the final round's leader to serve the slow participant", serving_leader, 180, swarm
+            )
+            swarm.nodes[leader].sl.signal(signal.SIGTERM)  # type: ignore[union-attr]
+            assert_all_succeeded(swarm, names)
+            final = max(round_records(swarm))
+            record = round_records(swarm)[final]
+            assert record.author == leader
+            (slow,) = [n for n in names if n != leader]
+            # Both SL nodes stop by themselves once both hold the model, not at the 300 s maximum.
+            wait_for(
+                "both SL nodes to exit once everyone has the final model",
+                lambda: all(not swarm.nodes[n].sl.running() for n in names),  # type: ignore[union-attr]
+                120,
+                swarm,
+            )
+            assert {n: swarm.nodes[n].sl.returncode for n in names} == dict.fromkeys(names, 0)  # type: ignore[union-attr]
+            lead_log = sl_log(swarm, leader)
+            assert "stop signal while serving the final model" in lead_log
+            assert f"serving final model of round {final} " in lead_log
+            assert f"for {slow} (1 of 2 still fetching)" in lead_log
+            digest_12 = record.body["merged_digest"][:12]
+            for name in names:
+                text = sl_log(swarm, name)
+                assert f"every node that needs the final model {digest_12} has it (node-1, node-2)" in text, (
+                    name
+                )
+                assert "linger maximum" not in text, name
+            assert_identical(final_models(swarm, names))
 
 
 def test_frozen_leader_mid_merge_is_replaced(tmp_path: Path) -> None:

@@ -409,7 +409,7 @@ def test_task_pod_sl_env_is_what_the_sl_node_reads() -> None:
     import swarmlearning.sl.main as sl_main
 
     source = Path(sl_main.__file__).read_text()
-    read = set(re.findall(r"\"(SWARM_[A-Z_]+)\"", source)) - {"SWARM_SL_FAULT", "SWARM_LOG_LEVEL"}
+    read = set(re.findall(r"\"(SWARM_[A-Z_]+)\"", source)) - {"SWARM_LOG_LEVEL"}
     pod = tb.task_pod(TASK, _task(), _peer(), 0, ["net-sn.ns1.svc:30304"])
     sl, _ = _containers(pod)
     missing = read - set(_env(sl))

@@ -30,12 +30,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import re
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from swarmlearning import pki
 from swarmlearning.etcd import (
@@ -230,8 +231,11 @@ class Ledger:
         kv = await self.etcd.get(keys.HEAD)
         if kv is None:
             return Head(-1, GENESIS_HASH, 0)
-        d = json.loads(kv.value)
-        return Head(int(d["seq"]), str(d["hash"]), kv.mod_revision)
+        try:
+            d = json.loads(kv.value)
+            return Head(int(d["seq"]), str(d["hash"]), kv.mod_revision)
+        except (ValueError, KeyError, TypeError, RecursionError) as exc:
+            raise LedgerError(f"{keys.HEAD} is malformed ({exc!r}); the SN's data is damaged") from exc
 
     async def _publish_cert(self) -> None:
         if not self._cert_published:
@@ -372,17 +376,9 @@ class Ledger:
         """Live members (their membership lease is alive), by name."""
         out = []
         for kv in await self.etcd.get_prefix(keys.NODES):
-            if kv.key.endswith("/member"):
-                d = json.loads(kv.value)
-                out.append(
-                    Member(
-                        name=d["name"],
-                        organisation=d["organisation"],
-                        endpoint=d["endpoint"],
-                        leader_eligible=bool(d["leader_eligible"]),
-                        fingerprint=d["fingerprint"],
-                    )
-                )
+            name = kv.key[len(keys.NODES) :].split("/", 1)[0]
+            if kv.key == keys.member_key(name) and (m := _node_value(kv, functools.partial(_member, name))):
+                out.append(m)
         return sorted(out, key=lambda m: m.name)
 
     async def mark_session(self, contract: str, *, training: bool) -> None:
@@ -471,34 +467,23 @@ class Ledger:
 
     async def ready_peers(self, contract: str, round_no: int) -> list[tuple[Participant, int]]:
         """Live nodes ready for the round, with the revision of their mark, earliest first."""
-        members: dict[str, Mapping[str, Any]] = {}
+        members: dict[str, Member] = {}
         marks: dict[str, KeyValue] = {}
-        suffix = f"/ready/{contract}/{round_no:08d}"
         for kv in await self.etcd.get_prefix(keys.NODES):
             name = kv.key[len(keys.NODES) :].split("/", 1)[0]
-            if kv.key.endswith("/member"):
-                members[name] = json.loads(kv.value)
-            elif kv.key.endswith(suffix):
+            if kv.key == keys.member_key(name):
+                if (m := _node_value(kv, functools.partial(_member, name))) is not None:
+                    members[name] = m
+            elif kv.key == keys.ready_key(name, contract, round_no):
                 marks[name] = kv
         out = []
         for name, kv in marks.items():
             m = members.get(name)
             if m is None:
                 continue
-            d = json.loads(kv.value)
-            out.append(
-                (
-                    Participant(
-                        name=name,
-                        endpoint=m["endpoint"],
-                        leader_eligible=bool(m["leader_eligible"]),
-                        digest=d["digest"],
-                        weight=float(d["weight"]),
-                        samples=int(d["samples"]),
-                    ),
-                    kv.mod_revision,
-                )
-            )
+            p = _node_value(kv, functools.partial(_participant, m))
+            if p is not None:
+                out.append((p, kv.mod_revision))
         return sorted(out, key=lambda pr: (pr[1], pr[0].name))
 
     async def round_close(self, contract: str, round_no: int) -> RoundClose | None:
@@ -753,7 +738,9 @@ class Ledger:
             if kv.key == keys.member_key(name):
                 live.add(name)
             elif kv.key == keys.model_key(name, contract, round_no):
-                marks[name] = str(json.loads(kv.value).get("state", ""))
+                state = _node_value(kv, lambda d: str(d.get("state", "")))
+                if state is not None:
+                    marks[name] = state
         return frozenset(live), marks
 
     async def who_has_model(self, contract: str, round_no: int) -> list[str]:
@@ -773,6 +760,48 @@ class Ledger:
         _check_round(round_no)
         live, marks = await self._model_marks(contract, round_no)
         return model_delivery(round_no, tuple(participants), live, marks)
+
+
+T = TypeVar("T")
+MAX_NODE_VALUE_BYTES = 64 * 1024
+"""Largest value read from another node's own keys (its member, ready and model marks)."""
+_warned: dict[str, int] = {}
+
+
+def _node_value(kv: KeyValue, build: Callable[[Any], T]) -> T | None:
+    """``build(json of kv.value)``, or None with a warning (once per key revision) when another node wrote
+    garbage under its own prefix (it may): one bad node must not crash every other one."""
+    try:
+        if len(kv.value) > MAX_NODE_VALUE_BYTES:
+            raise ValueError(f"{len(kv.value)} bytes, over {MAX_NODE_VALUE_BYTES}")
+        return build(json.loads(kv.value))
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
+        if _warned.get(kv.key) != kv.mod_revision:
+            _warned[kv.key] = kv.mod_revision
+            log.warning("ignoring malformed %s (revision %d): %r", kv.key, kv.mod_revision, exc)
+        return None
+
+
+def _member(name: str, d: Mapping[str, Any]) -> Member:
+    """A member from its key's value; the name is the key's (a node writes only under its own)."""
+    return Member(
+        name=name,
+        organisation=str(d["organisation"]),
+        endpoint=str(d["endpoint"]),
+        leader_eligible=bool(d["leader_eligible"]),
+        fingerprint=str(d["fingerprint"]),
+    )
+
+
+def _participant(m: Member, d: Mapping[str, Any]) -> Participant:
+    return Participant(
+        name=m.name,
+        endpoint=m.endpoint,
+        leader_eligible=m.leader_eligible,
+        digest=str(d["digest"]),
+        weight=float(d["weight"]),
+        samples=int(d["samples"]),
+    )
 
 
 def _session_value(training: bool) -> bytes:

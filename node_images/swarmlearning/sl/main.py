@@ -120,7 +120,6 @@ def run(args: argparse.Namespace) -> int:
         stay_until_stopped=args.stay_until_stopped,
         model_dir=Path(args.model_dir) if args.model_dir else None,
         keep_round_models=args.keep_round_models,
-        fault=os.environ.get("SWARM_SL_FAULT", ""),
     )
 
     async def main() -> None:

@@ -28,11 +28,9 @@ until every live participant of the final round, and every live announced fetche
 linger time (``--linger``) is only the upper bound, so a slow fetcher is not stranded and a normal run
 ends as soon as everyone has the model.
 
-Test-only fault injection (``SWARM_SL_FAULT``): ``fetch-sleep:<seconds>`` makes a non-leader sleep
-before downloading the merged model of the final round (a participant slow to fetch it). It is the one
-fault left in here: no signal or network fault from outside lands reliably in the milliseconds between
-the final commit and the download. Every other fault is injected from outside (signals, restarts,
-network namespaces: ``tests/chaos``; a poisoned input: a misbehaving ML program, ``tests/chaos/poison.py``).
+There are no fault hooks in here: tests inject faults from outside (signals, restarts, network faults
+between namespaces: ``tests/chaos``; a poisoned input: a misbehaving training program,
+``tests/chaos/poison.py``).
 """
 
 from __future__ import annotations
@@ -62,7 +60,7 @@ from swarmlearning.ledger import (
 )
 from swarmlearning.merge import merge, validate_peer_model
 from swarmlearning.sl.archive import ModelArchive
-from swarmlearning.sl.channel import Frame, encode_frame, read_frame, write_frame
+from swarmlearning.sl.channel import ChannelError, Frame, encode_frame, read_frame, write_frame
 from swarmlearning.sl.peers import HeldModel, ModelKey, ModelStore, PeerClient, PeerError, PeerServer
 from swarmlearning.sl.progress import Progress, round_extra
 from swarmlearning.sl.weights import decode_state, digest, encode_state
@@ -113,8 +111,6 @@ class SLConfig:
     exited. None = memory only."""
     keep_round_models: bool = False
     """With ``model_dir``: keep every round's merged model, not only the newest."""
-    fault: str = ""
-    """Test-only fault injection, see the module docstring."""
 
 
 @dataclass
@@ -327,7 +323,7 @@ class SLNode:
                 await write_frame(writer, reply)
                 if frame.header.get("op") == "finish" and reply.header.get("ok"):
                     finished = True
-        except (ConnectionError, asyncio.IncompleteReadError) as exc:
+        except (ConnectionError, asyncio.IncompleteReadError, ChannelError) as exc:
             log.warning("ML channel closed: %s", exc)
         except Exception:
             log.exception("ML channel handler failed")
@@ -534,7 +530,6 @@ class SLNode:
                 except LeaderFailed as exc:
                     note(f"{exc}; moving to attempt {attempt + 1}")
                     continue
-                await self._maybe_sleep_before_final_fetch(record, note)
             data = await self._fetch_result(s, close, record)
             return _RoundResult.of(close, record, data)
         raise RoundFailed(
@@ -736,15 +731,6 @@ class SLNode:
         await self._archive(s.contract, round_no, data, str(record.body["merged_digest"]))
         await self._record_model(s.contract, round_no, str(record.body["merged_digest"]))
         return round_no, data
-
-    # ------------------------------------------------------------------ test-only faults
-
-    async def _maybe_sleep_before_final_fetch(self, record: Record, note: Callable[[str], None]) -> None:
-        fault = self.config.fault
-        if fault.startswith("fetch-sleep:") and _all_final(record.body):
-            seconds = float(fault.split(":")[1])
-            note(f"fault injection: sleeping {seconds:g}s before fetching the final merged model")
-            await asyncio.sleep(seconds)
 
 
 @dataclass(frozen=True)
