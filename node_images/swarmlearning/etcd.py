@@ -46,6 +46,19 @@ T = TypeVar("T")
 # ----------------------------------------------------------------------------------------- errors
 
 
+_CHANNEL_OPTIONS = (
+    # A channel of its own per endpoint switch: with gRPC's process-wide subchannel pool a new channel
+    # would inherit the old one's reconnect backoff (up to 2 minutes) after a partition heals.
+    ("grpc.use_local_subchannel_pool", 1),
+    ("grpc.initial_reconnect_backoff_ms", 500),
+    ("grpc.min_reconnect_backoff_ms", 500),
+    ("grpc.max_reconnect_backoff_ms", 3000),
+    # Notice a dead connection (a frozen or cut-off member) during a call within seconds.
+    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.keepalive_timeout_ms", 5_000),
+)
+
+
 class EtcdError(Exception):
     """Any etcd failure; the message says which endpoint/key and what happened."""
 
@@ -405,7 +418,7 @@ class EtcdClient:
         if self._closed:
             raise EtcdError("the etcd client is closed")
         if self._channel is None:
-            self._channel = grpc.aio.secure_channel(self.endpoint, self._creds)
+            self._channel = grpc.aio.secure_channel(self.endpoint, self._creds, options=_CHANNEL_OPTIONS)
         return self._channel
 
     async def _rotate(self, generation: int) -> None:

@@ -721,13 +721,19 @@ def _shim_pids(socket: str) -> set[int]:
     return pids
 
 
+def _ours(ns: str, baseline: list[str]) -> bool:
+    """A network namespace this node made: a pod's (the CNI plugins name them ``cni-<uuid>``) that was not
+    there before. Namespaces of anything else on the machine (a chaos run's hosts) are left alone."""
+    return ns.startswith("cni-") and ns not in baseline
+
+
 def _our_mounts(prefixes: list[str], netns: list[str]) -> list[str]:
-    """Mount points under ``prefixes`` or netns files not in ``netns`` (the baseline), deepest first."""
+    """Mount points under ``prefixes`` or pod netns files not in ``netns`` (the baseline), deepest first."""
     points = []
     for line in Path("/proc/self/mountinfo").read_text().splitlines():
         point = line.split()[4].encode().decode("unicode_escape")  # octal escapes such as \040
         in_prefix = any(point == p or point.startswith(p.rstrip("/") + "/") for p in prefixes)
-        new_netns = point.startswith("/run/netns/") and point.rsplit("/", 1)[1] not in netns
+        new_netns = point.startswith("/run/netns/") and _ours(point.rsplit("/", 1)[1], netns)
         if in_prefix or new_netns:
             points.append(point)
     return sorted(set(points), key=lambda p: (-p.count("/"), p))
@@ -903,7 +909,7 @@ def teardown(
         step("killed shims", kill_shims)
     step("unmounted", lambda: _unmount_all(record.state_dirs, record.baseline.netns))
     for ns in _listdir("/run/netns"):
-        if ns not in record.baseline.netns:
+        if _ours(ns, record.baseline.netns):
             step(f"removed netns {ns}", functools.partial(_remove_path, f"/run/netns/{ns}"))
     kube_proxy = kube_proxy or NodeBinaries.in_cache().kube_proxy
     if kube_proxy.is_file():
