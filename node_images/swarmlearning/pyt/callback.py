@@ -281,27 +281,28 @@ class SwarmCallback:
     def _call(self, frame: Frame, timeout: float | None = 0.0) -> Frame:
         """Send a request; interim frames (progress notes from the SL node) are logged and reset the
         timeout. ``timeout=None`` uses the quorum-based default per frame. If the SL node went away
-        (not a timeout), wait up to ``SWARM_SL_RECONNECT_SECONDS`` for it to come back and resend."""
+        (not a timeout), wait up to ``SWARM_SL_RECONNECT_SECONDS`` in all for it to come back (it may go
+        away again meanwhile) and resend."""
         if self._client is None:
             raise SwarmError("SwarmCallback.on_train_begin() must be called before any other hook")
         per_frame = timeout if timeout else self._reply_timeout()
-        try:
-            reply = self._exchange(frame, per_frame)
-        except (ChannelError, ConnectionError) as exc:
-            # A timeout is the SL node's answer taking too long; anything else means it went away.
-            if isinstance(exc.__cause__, TimeoutError) or frame.header.get("op") == "hello":
-                raise SwarmError(f"swarm sync failed: {exc}") from exc
-            self._reconnect(exc)
+        deadline = time.monotonic() + self._reconnect_s
+        while True:
             try:
                 reply = self._exchange(frame, per_frame)
-            except (ChannelError, ConnectionError) as again:
-                raise SwarmError(f"swarm sync failed after reconnecting to the SL node: {again}") from again
+                break
+            except (ChannelError, ConnectionError) as exc:
+                # A timeout is the SL node's answer taking too long; anything else means it went away.
+                if isinstance(exc.__cause__, TimeoutError) or frame.header.get("op") == "hello":
+                    raise SwarmError(f"swarm sync failed: {exc}") from exc
+                self._reconnect(exc, deadline)
         if not reply.header.get("ok"):
             raise SwarmError(str(reply.header.get("error") or "the SL node reported an unknown error"))
         return reply
 
     def _exchange(self, frame: Frame, per_frame: float) -> Frame:
-        assert self._client is not None
+        if self._client is None:
+            raise ChannelError("not connected to the SL node")
         reply = self._client.request(frame, per_frame)
         while reply.header.get("interim"):
             if note := reply.header.get("message"):
@@ -309,27 +310,36 @@ class SwarmCallback:
             reply = self._client.read(per_frame)
         return reply
 
-    def _reconnect(self, cause: Exception) -> None:
-        """Connect to the (restarted) SL node again and say hello; raises SwarmError when it does not
-        come back within ``SWARM_SL_RECONNECT_SECONDS``."""
+    def _reconnect(self, cause: Exception, deadline: float) -> None:
+        """Connect to the (restarted) SL node again and say hello, retrying until ``deadline``
+        (``time.monotonic()``); raises SwarmError when it does not come back by then."""
         path = os.environ.get("SWARM_SL_SOCKET", "")
-        if self._client is not None:
-            self._client.close()
-            self._client = None
-        if self._reconnect_s <= 0:
-            raise SwarmError(f"swarm sync failed: {cause} (SWARM_SL_RECONNECT_SECONDS=0)")
         self.log.warning(
-            "lost the SL node (%s); waiting up to %gs for it to come back", cause, self._reconnect_s
+            "lost the SL node (%s); waiting up to %.0fs for it to come back",
+            cause,
+            max(0.0, deadline - time.monotonic()),
         )
-        try:
-            self._client = ChannelClient(path, connect_timeout=self._reconnect_s)
-            reply = self._exchange(self._hello(), self._reply_timeout())
-        except (ChannelError, ConnectionError) as exc:
-            raise SwarmError(f"swarm sync failed: {cause}; the SL node did not come back: {exc}") from exc
-        if not reply.header.get("ok"):
-            raise SwarmError(str(reply.header.get("error") or "the SL node refused the reconnect"))
-        self.log.info("reconnected to the SL node; resending the request")
-        self._record("reconnect")
+        while True:
+            if self._client is not None:
+                self._client.close()
+                self._client = None
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise SwarmError(
+                    f"swarm sync failed: {cause}; the SL node did not come back within "
+                    f"SWARM_SL_RECONNECT_SECONDS={self._reconnect_s:g}"
+                )
+            try:
+                self._client = ChannelClient(path, connect_timeout=left)
+                reply = self._exchange(self._hello(), self._reply_timeout())
+            except (ChannelError, ConnectionError) as exc:
+                cause = exc
+                continue
+            if not reply.header.get("ok"):
+                raise SwarmError(str(reply.header.get("error") or "the SL node refused the reconnect"))
+            self.log.info("reconnected to the SL node; resending the request")
+            self._record("reconnect")
+            return
 
     def _load(self, reply: Frame) -> None:
         if not reply.payload:
