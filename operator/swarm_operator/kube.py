@@ -2,8 +2,9 @@
 
 Everything goes in and out as plain manifest dicts (camelCase, as kubectl shows them): responses are
 read unparsed (`_preload_content=False`) and decoded as JSON, so builders' dicts and observed objects
-have the same shape. Every request carries a timeout. Errors: `NotFound` and `Conflict` are the two
-outcomes reconcilers branch on; anything else propagates (Kopf retries the handler).
+have the same shape. Every request carries a timeout. Errors: `NotFound`, `Conflict` and `Rejected`
+(the API server refused the object: invalid, forbidden by an admission policy or quota) are the outcomes
+reconcilers branch on; anything else propagates (Kopf retries the handler).
 """
 
 from __future__ import annotations
@@ -38,6 +39,19 @@ class NotFound(KubeError):
 
 class Conflict(KubeError):
     """Already exists (create) or resourceVersion conflict (update)."""
+
+
+class Rejected(KubeError):
+    """The API server refused the request (HTTP 400, 403 or 422): an invalid object, an admission policy
+    (Pod Security, ValidatingAdmissionPolicy) or a quota. `detail` is the API server's own message, which
+    names the offending field."""
+
+    def __init__(self, message: str, detail: str) -> None:
+        super().__init__(message)
+        self.detail = detail
+
+
+_REJECTED = (400, 403, 422)
 
 
 def _selector(labels: Mapping[str, str]) -> str:
@@ -97,6 +111,9 @@ class Kube:
             resp = self.api_client.call_api(*req, _request_timeout=REQUEST_TIMEOUT)
             resp.read()
         except ApiException as e:
+            if e.status in _REJECTED:
+                detail = _reason(e.body.encode() if isinstance(e.body, str) else e.body)
+                raise Rejected(f"{what}: refused ({detail})", detail) from e
             raise KubeError(f"{what}: {e.reason}") from e
         except OSError as e:  # urllib3 errors derive from it: refused, timeout, TLS
             raise KubeError(f"{what}: {e}") from e
@@ -106,6 +123,8 @@ class Kube:
                 raise NotFound(f"{what}: not found ({detail})")
             if resp.status == 409:
                 raise Conflict(f"{what}: conflict ({detail})")
+            if resp.status in _REJECTED:
+                raise Rejected(f"{what}: refused ({detail})", detail)
             raise KubeError(f"{what}: HTTP {resp.status} {detail}")
         data: Obj = json.loads(resp.data) if resp.data else {}
         return data
@@ -131,14 +150,19 @@ class Kube:
         items: list[Obj] = out.get("items", [])
         return items
 
-    def create(self, obj: Mapping[str, Any]) -> Obj:
-        """Create `obj`; raises Conflict when it exists already."""
+    def create(self, obj: Mapping[str, Any], dry_run: bool = False) -> Obj:
+        """Create `obj`; raises Conflict when it exists already, Rejected when the API server refuses it.
+
+        `dry_run`: server-side dry run (every admission check runs, nothing is stored), so a set of
+        children can be checked before any of them is created.
+        """
         meta = obj["metadata"]
         return self.request(
             "POST",
             _path(obj["kind"], meta["namespace"]),
             f"create {obj['kind']} {meta['namespace']}/{meta.get('name', '')}",
             body=dict(obj),
+            query={"dryRun": "All"} if dry_run else None,
         )
 
     def ensure(self, obj: Mapping[str, Any]) -> tuple[Obj, bool]:

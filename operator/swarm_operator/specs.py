@@ -8,6 +8,7 @@ naming the field and the allowed range.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -84,6 +85,8 @@ PULL_POLICIES = ("Always", "IfNotPresent", "Never")
 SERVICE_TYPES = ("ClusterIP", "NodePort", "LoadBalancer")
 MERGE_METHODS = ("mean", "coordmedian", "geomedian", "trimmedmean", "krum", "multikrum")
 CHECKIN_MODES = ("snapshot", "active", "inactive")
+CONTRACT_RE = re.compile(r"^[a-z0-9]([-a-z0-9_.]{0,61}[a-z0-9])?$")
+"""The ledger's contract-name rule (swarmlearning.ledger refuses any other name)."""
 
 
 @dataclass(frozen=True)
@@ -274,6 +277,14 @@ class TaskSpec:
         if peers < min_peers:
             raise SpecError(f"spec.peers must be >= spec.sync.minPeers ({min_peers}), got {peers}")
         weightage = sync.get("nodeWeightage")
+        merge_method = _enum(sync, "mergeMethod", "mean", MERGE_METHODS, s)
+        byzantine = _int(sync, "byzantine", 0, 0, 498, s)
+        contract = sync.get("contract") or None
+        if contract is not None and not (isinstance(contract, str) and CONTRACT_RE.match(contract)):
+            raise SpecError(
+                "spec.sync.contract must be 1-63 lower-case letters, digits, '.', '_' or '-', starting and"
+                f" ending alphanumeric, got {contract!r}"
+            )
         failure = _map(spec, "failurePolicy")
         output = _map(spec, "modelOutput")
         out_path = str(output.get("path") or "/data/swarm-output")
@@ -292,10 +303,10 @@ class TaskSpec:
                 frequency=_int(sync, "frequency", None, 1, 2**31 - 1, s),
                 min_peers=min_peers,
                 max_peers=max_peers,
-                contract=sync.get("contract") or None,
-                merge_method=_enum(sync, "mergeMethod", "mean", MERGE_METHODS, s),
+                contract=contract,
+                merge_method=merge_method,
                 trim_fraction=_float(sync, "trimFraction", 0.1, 0.0, 0.49, s),
-                byzantine=_int(sync, "byzantine", 0, 0, 1000, s),
+                byzantine=byzantine,
                 adaptive=bool(sync.get("adaptive", False)),
                 checkin_model_on_train_end=_enum(
                     sync, "checkinModelOnTrainEnd", "snapshot", CHECKIN_MODES, s

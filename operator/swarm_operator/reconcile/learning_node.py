@@ -10,7 +10,7 @@ from .. import certificates, metrics, names
 from .. import status as st
 from ..builders import learning_node as lb
 from ..builders import task as tb
-from ..kube import Obj
+from ..kube import Obj, Rejected
 from ..specs import NodeSpec, ObjectRef, SpecError
 from . import network as network_reconciler
 from .context import Context
@@ -78,31 +78,18 @@ def _reconcile(ctx: Context, body: Obj) -> None:
                 "CertificateReady",
                 False,
                 "CAUnavailable",
-                f"the CA Secret of SwarmNetwork {spec.network!r} is not there yet",
+                f"the CA Secret of SwarmNetwork {spec.network!r} (spec.network) is missing or not usable yet",
             ),
             phase=st.NodePhase.PENDING,
         )
         return
 
-    # Identity: issued once, re-issued only when the network's CA changed.
-    secret_name = names.identity_secret(owner.name)
-    secret = ctx.kube.get("Secret", owner.namespace, secret_name)
-    current = base64.b64decode((secret or {}).get("data", {}).get("tls.crt") or b"")
-    if secret is None or not certificates.signed_by(current, ca.cert):
-        pair = certificates.issue(
-            ca, owner.name, spec.organisation or owner.namespace, "sl", lb.sl_dns_names(owner)
-        )
-        desired = lb.identity_secret(owner, spec, pair.cert, pair.key, pair.ca)
-        if secret is None:
-            ctx.kube.ensure(desired)
-        else:
-            ctx.kube.patch("Secret", owner.namespace, secret_name, {"data": desired["data"]})
-        ctx.event(
-            body,
-            "CertificateIssued",
-            f"identity certificate CN={owner.name} issued into Secret {secret_name}",
-        )
-    network_reconciler.ensure_service(ctx, lb.sl_service(owner, spec))
+    try:
+        secret_name = _ensure_children(ctx, body, owner, spec, ca)
+    except Rejected as e:
+        # Refused by the API server (admission policy, quota, ...): the same on every retry, so report it.
+        _error(ctx, body, owner, st.Condition("ChildrenCreated", False, "ChildRejected", str(e)))
+        return
 
     conds = [
         st.Condition("NetworkFound", True, "NetworkFound", f"SwarmNetwork {spec.network}"),
@@ -139,6 +126,32 @@ def _reconcile(ctx: Context, body: Obj) -> None:
     if task is None and "currentTask" not in old:
         del new["currentTask"]
     ctx.write_status(names.NODES, body, new)
+
+
+def _ensure_children(
+    ctx: Context, body: Obj, owner: ObjectRef, spec: NodeSpec, ca: certificates.KeyPair
+) -> str:
+    """The identity Secret (issued once, re-issued only when the network's CA changed) and the SL
+    Service; returns the Secret's name."""
+    secret_name = names.identity_secret(owner.name)
+    secret = ctx.kube.get("Secret", owner.namespace, secret_name)
+    current = base64.b64decode((secret or {}).get("data", {}).get("tls.crt") or b"")
+    if secret is None or not certificates.signed_by(current, ca.cert):
+        pair = certificates.issue(
+            ca, owner.name, spec.organisation or owner.namespace, "sl", lb.sl_dns_names(owner)
+        )
+        desired = lb.identity_secret(owner, spec, pair.cert, pair.key, pair.ca)
+        if secret is None:
+            ctx.kube.ensure(desired)
+        else:
+            ctx.kube.patch("Secret", owner.namespace, secret_name, {"data": desired["data"]})
+        ctx.event(
+            body,
+            "CertificateIssued",
+            f"identity certificate CN={owner.name} issued into Secret {secret_name}",
+        )
+    network_reconciler.ensure_service(ctx, lb.sl_service(owner, spec))
+    return secret_name
 
 
 def _provision(ctx: Context, owner: ObjectRef, net: Obj, ca: certificates.KeyPair) -> st.Condition:

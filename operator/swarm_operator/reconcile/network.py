@@ -16,7 +16,7 @@ from .. import certificates, metrics, names
 from .. import status as st
 from ..builders import network as nb
 from ..certificates import KeyPair
-from ..kube import Obj
+from ..kube import Obj, Rejected
 from ..specs import NetworkSpec, ObjectRef, SpecError
 from .context import Context
 from .pods import is_ready, is_terminating
@@ -53,7 +53,31 @@ def _reconcile(ctx: Context, body: Obj) -> None:
             {"phase": st.NetworkPhase.PENDING, "conditions": conds, "observedGeneration": owner.generation},
         )
         return
+    try:
+        _reconcile_children(ctx, body, owner, spec, old, ts)
+    except Rejected as e:
+        # A child the API server refuses (admission policy, quota, ...) would fail the same way on every
+        # retry: report it instead of raising, the next trigger or resync tries again.
+        msg = f"{e}; it and the SN children after it are not created"
+        conds = st.merge_conditions(
+            old.get("conditions"), [st.Condition("Ready", False, "ChildRejected", msg)], owner.generation, ts
+        )
+        if st.transitioned(old, conds, "Ready"):
+            ctx.event(body, "ChildRejected", msg, warning=True)
+        ctx.write_status(
+            names.NETWORKS,
+            body,
+            {
+                "phase": old.get("phase") or st.NetworkPhase.PENDING,
+                "conditions": conds,
+                "observedGeneration": owner.generation,
+            },
+        )
 
+
+def _reconcile_children(
+    ctx: Context, body: Obj, owner: ObjectRef, spec: NetworkSpec, old: dict[str, Any], ts: str
+) -> None:
     ca, ca_cond = ensure_ca(ctx, body, owner, spec)
     if ca is None:
         conds = st.merge_conditions(
@@ -262,10 +286,10 @@ def ensure_ca(
                 "CAReady", False, "CASecretMissing", f"Secret {name} vanished after creation"
             )
     cert, key = _field(secret, "ca.crt"), _field(secret, "ca.key")
-    if not cert or not key:
-        return None, st.Condition(
-            "CAReady", False, "InvalidCASecret", f"Secret {name} must hold ca.crt and ca.key (PEM)"
-        )
+    problem = certificates.ca_problem(cert, key) if cert and key else "it must hold ca.crt and ca.key (PEM)"
+    if problem:
+        msg = f"Secret {name} (spec.ca.secretName) is no usable CA: {problem}"
+        return None, st.Condition("CAReady", False, "InvalidCASecret", msg)
     return KeyPair(cert=cert, key=key), st.Condition("CAReady", True, "CAAvailable", f"CA in Secret {name}")
 
 
@@ -277,7 +301,7 @@ def read_ca(ctx: Context, namespace: str, network_body: Obj) -> KeyPair | None:
     if secret is None:
         return None
     cert, key = _field(secret, "ca.crt"), _field(secret, "ca.key")
-    return KeyPair(cert=cert, key=key) if cert and key else None
+    return KeyPair(cert=cert, key=key) if cert and key and not certificates.ca_problem(cert, key) else None
 
 
 def ensure_service(ctx: Context, desired: Obj) -> Obj:

@@ -17,7 +17,7 @@ from .. import metrics, names
 from .. import status as st
 from ..builders import task as tb
 from ..builders.task import Peer
-from ..kube import Obj
+from ..kube import Conflict, Obj, Rejected
 from ..ledger_reader import LedgerView
 from ..selection import Candidate, select_peers
 from ..specs import NodeSpec, ObjectRef, SpecError, TaskSpec
@@ -138,7 +138,7 @@ def _reconcile(ctx: Context, body: Obj) -> None:
             owner,
             "NetworkReady",
             "NetworkNotReady",
-            f"SwarmNetwork {spec.network!r} has no ready SN member yet"
+            f"SwarmNetwork {spec.network!r} (spec.network) has no ready SN member yet"
             f" (phase {net_status.get('phase') or '-'})",
         )
         return
@@ -151,7 +151,7 @@ def _reconcile(ctx: Context, body: Obj) -> None:
         elif pre_phase != st.TaskPhase.SUCCEEDED:
             pending.append(f"{pre} ({pre_phase or 'missing'})")
     if failed:
-        msg = f"prerequisite task(s) {', '.join(failed)} Failed; this task will not run"
+        msg = f"prerequisite task(s) {', '.join(failed)} (spec.prerequisites) Failed; this task will not run"
         _write(
             ctx,
             body,
@@ -172,7 +172,7 @@ def _reconcile(ctx: Context, body: Obj) -> None:
             owner,
             "PrerequisitesMet",
             "PrerequisitesPending",
-            f"waiting for prerequisite task(s) to succeed: {', '.join(pending)}",
+            f"waiting for the spec.prerequisites task(s) to succeed: {', '.join(pending)}",
         )
         return
 
@@ -242,26 +242,28 @@ def _reconcile(ctx: Context, body: Obj) -> None:
         if next_attempt is not None:
             nbody = nodes.get(node)
             if nbody is None:
-                outcomes[-1] = NodeOutcome(node, "Failed", outcome.restarts, done_failed=True)
+                outcomes[-1] = NodeOutcome(
+                    node, "Failed", outcome.restarts, done_failed=True, reason=f"LearningNode {node} is gone"
+                )
                 continue
             try:
                 nspec = NodeSpec.parse(nbody.get("spec") or {})
-            except SpecError:
-                outcomes[-1] = NodeOutcome(node, "Failed", outcome.restarts, done_failed=True)
+            except SpecError as e:
+                outcomes[-1] = NodeOutcome(
+                    node, "Failed", outcome.restarts, done_failed=True, reason=f"LearningNode {node}: {e}"
+                )
                 continue
             to_create.append((Peer(ObjectRef.from_body(nbody), nspec, index, len(chosen)), next_attempt))
 
     verdict = _verdict(spec, outcomes)
-    if verdict is None:
-        for peer, n in to_create:
-            _, created = ctx.kube.ensure(tb.task_pod(owner, spec, peer, n, endpoints))
-            if created and n > 0:
-                ctx.event(
-                    body,
-                    "PodRestarted",
-                    f"pod of {peer.ref.name} failed; started attempt {n} (restart {n}/{spec.max_restarts})",
-                    warning=True,
-                )
+    pods_cond = st.Condition("PodsCreated", True, "PodsCreated", "every peer has its pod")
+    if verdict is None and to_create:
+        created, refused = _create_pods(ctx, body, owner, spec, to_create, endpoints)
+        if refused is not None:
+            if not pods and not created:
+                _wait(ctx, body, owner, "PodsCreated", "PodRejected", refused)
+                return
+            pods_cond = st.Condition("PodsCreated", False, "PodRejected", refused)
 
     progress = _progress(ctx, owner, spec, net)
     node_status = []
@@ -296,10 +298,15 @@ def _reconcile(ctx: Context, body: Obj) -> None:
         st.Condition("PrerequisitesMet", True, "PrerequisitesMet", "all prerequisites Succeeded"),
         st.Condition("NetworkReady", True, "NetworkFound", f"SwarmNetwork {spec.network}"),
         st.Condition("PeersAssigned", True, "PeersAssigned", ", ".join(chosen)),
+        pods_cond,
     ]
     if verdict is None:
         running = sum(1 for o in outcomes if not (o.done_ok or o.done_failed))
         msg = f"{running} running, {ok} succeeded of {spec.peers} peers (quorum {spec.sync.min_peers})"
+        if not pods_cond.status:
+            event = (pods_cond.reason, pods_cond.message, True)
+            _write(ctx, body, owner, st.TaskPhase.RUNNING, base, extra, event=event)
+            return
         _write(
             ctx,
             body,
@@ -343,6 +350,70 @@ def _reconcile(ctx: Context, body: Obj) -> None:
         )
 
 
+def _create_pods(
+    ctx: Context,
+    body: Obj,
+    owner: ObjectRef,
+    spec: TaskSpec,
+    to_create: list[tuple[Peer, int]],
+    endpoints: list[str],
+) -> tuple[list[str], str | None]:
+    """Create the pods of `to_create` all or none; returns (names created, why not all were).
+
+    Each pod is first checked by a server-side dry run (every admission check: schema, Pod Security,
+    admission policies), so one peer's refused pod never leaves the others running half a task. Only
+    what a dry run cannot see (a quota used up by this very batch) can still refuse a later pod.
+    """
+    desired = [(peer, n, tb.task_pod(owner, spec, peer, n, endpoints)) for peer, n in to_create]
+    problems = []
+    for peer, _, pod in desired:
+        clash = mount_clash(spec, peer.ref.name, peer.spec)
+        if clash:
+            problems.append(clash)
+            continue
+        try:
+            ctx.kube.create(pod, dry_run=True)
+        except Conflict:
+            continue  # it exists already (a concurrent pass created it): nothing to create
+        except Rejected as e:
+            problems.append(
+                f"the pod of LearningNode {peer.ref.name} is refused by the API server: {e.detail}"
+            )
+    if problems:
+        return [], "; ".join(problems) + "; no pod of this batch was created"
+    created: list[str] = []
+    for i, (peer, n, pod) in enumerate(desired):
+        try:
+            _, new = ctx.kube.ensure(pod)
+        except Rejected as e:
+            missing = [p["metadata"]["name"] for _, _, p in desired[i:]]
+            return created, (
+                f"the pod of LearningNode {peer.ref.name} is refused by the API server: {e.detail};"
+                f" missing pods: {', '.join(missing)}"
+            )
+        if new:
+            created.append(pod["metadata"]["name"])
+            if n > 0:
+                ctx.event(
+                    body,
+                    "PodRestarted",
+                    f"pod of {peer.ref.name} failed; started attempt {n} (restart {n}/{spec.max_restarts})",
+                    warning=True,
+                )
+    return created, None
+
+
+def mount_clash(spec: TaskSpec, node: str, node_spec: NodeSpec) -> str | None:
+    """Why the task's pod on `node` would mount two volumes at one path, or None (the CRDs cannot see
+    across objects: spec.modelOutput.path of the task against spec.data.mountPath of the LearningNode)."""
+    if spec.model_output_path != node_spec.data.mount_path:
+        return None
+    return (
+        f"spec.modelOutput.path {spec.model_output_path} is also LearningNode {node}'s spec.data.mountPath;"
+        " choose another spec.modelOutput.path"
+    )
+
+
 def _claimed_sites(ctx: Context, owner: ObjectRef) -> dict[str, str]:
     """Sites held by other tasks: in the peers of an unfinished task, or running one of its pods."""
     claimed: dict[str, str] = {}
@@ -368,15 +439,17 @@ def _observe(spec: TaskSpec, node: str, pods: list[Obj]) -> tuple[NodeOutcome, i
     p = phase(latest)
     if p == "Succeeded":
         return NodeOutcome(node, p, restarts, done_ok=True, pod=latest), None
+    if is_terminating(latest):
+        # Deleted by someone while running: start the same attempt again once it is gone. Checked before
+        # Failed: the kubelet's SIGTERM usually makes the deleted pod Failed before it is gone, and that
+        # is no failure of the program (it must neither use up maxRestarts nor trigger FailTask).
+        return NodeOutcome(node, "Pending", restarts, pod=latest), None
     if p == "Failed":
         if spec.pod_failed == "Restart" and restarts < spec.max_restarts:
             return NodeOutcome(node, "Restarting", restarts, pod=latest, reason=failure_reason(latest)), n + 1
         return NodeOutcome(
             node, p, restarts, done_failed=True, pod=latest, reason=failure_reason(latest)
         ), None
-    if is_terminating(latest):
-        # Deleted by someone while running: start the same attempt again once it is gone.
-        return NodeOutcome(node, "Pending", restarts, pod=latest), None
     return NodeOutcome(node, p, restarts, pod=latest), None
 
 
