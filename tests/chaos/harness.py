@@ -9,7 +9,9 @@ harness also restarts a process that died on its own, and reports each such cras
 At the end it checks, and prints:
 
 * the ledger verifies (signatures, hash chain, round rules);
-* rounds are contiguous and each has exactly one close and one result (none committed twice or lost);
+* rounds are contiguous and each has exactly one close and one result (none committed twice or lost):
+  a merge, or an ``abandon`` record when every participant of the round left before anyone merged
+  (all of them killed at once), written by a later round's leader;
 * every site's final model is the final round's merged model (its digest is the final record's);
 * every restarted ML process rejoined with the latest merged model when it started;
 * no process crashed on its own (the harness restarts such a process, as a kubelet would, so the run
@@ -434,20 +436,32 @@ class ChaosRun:
         closes: Counter[int] = Counter()
         results: Counter[int] = Counter()
         rounds: dict[int, Any] = {}
+        closed_by: dict[int, list[str]] = {}
+        abandoned: list[int] = []
         for r in snapshot.records:
             if r.kind == "close":
                 closes[int(r.body["round"])] += 1
+                closed_by[int(r.body["round"])] = [p["name"] for p in r.body["participants"]]
             elif r.kind == "round":
                 results[int(r.body["round"])] += 1
                 rounds[int(r.body["round"])] = r
+            elif r.kind == "abandon":
+                results[int(r.body["round"])] += 1
+                abandoned.append(int(r.body["round"]))
         top = max(closes, default=0)
         missing = [n for n in range(1, top + 1) if closes[n] != 1 or results[n] != 1]
         out.append(
             Check(
-                "rounds contiguous, one close and one result each",
+                "rounds contiguous, one close and one result each (a merge, or recorded as abandoned)",
                 bool(top) and not missing,
                 f"rounds 1..{top}"
-                + (f"; wrong: {[(n, closes[n], results[n]) for n in missing]}" if missing else ""),
+                + (f"; abandoned (every participant left): {abandoned}" if abandoned else "")
+                + (
+                    "; wrong (round, closes, results, closed with): "
+                    + str([(n, closes[n], results[n], closed_by.get(n)) for n in missing])
+                    if missing
+                    else ""
+                ),
             )
         )
         final = rounds[max(rounds)] if rounds else None

@@ -122,6 +122,34 @@ def test_garbage_under_a_nodes_own_keys_is_ignored_by_the_others(sn_cluster, cap
         assert f"ignoring malformed {key}" in warned, warned
 
 
+def test_a_round_every_participant_left_is_recorded_as_abandoned(sn_cluster) -> None:
+    """Both participants of round 1 die before a merge: a later leader records the round as abandoned
+    (one result per round, the chain verifies), but not while a participant is still ready for it."""
+    cluster = sn_cluster(1)
+    alice, bob, carol = (cluster.provision(n) for n in ("alice", "bob", "carol"))
+
+    async def scenario() -> None:
+        a, b, c = await _nodes(cluster.endpoints, [alice, bob, carol])
+        try:
+            for lg in (a, b):
+                await lg.mark_ready("k", 1, digest="d" * 64, weight=1, samples=1)
+            close = await a.close_round("k", 1, min_peers=2, full_quorum_wait_s=0, timeout_s=10)
+            assert sorted(close.names) == ["alice", "bob"]
+            await b.close()
+            assert await c.abandon_stale_rounds("k", below=2) == []  # alice is still ready for it
+            await a.close()
+            (rec,) = await c.abandon_stale_rounds("k", below=2)
+            assert rec.kind == "abandon" and rec.body["participants"] == ["alice", "bob"]
+            assert await c.abandon_stale_rounds("k", below=2) == []
+            assert (await c.round_result("k", 1)).kind == "abandon"  # type: ignore[union-attr]
+            report = await c.verify()
+            assert report.ok, report.message()
+        finally:
+            await _close_all([a, b, c])
+
+    run(scenario())
+
+
 def test_a_forged_record_in_the_shared_range_is_detected(sn_cluster) -> None:
     """alice may write the shared ledger range, but cannot sign as bob: verification names the record."""
     cluster = sn_cluster(1)

@@ -656,6 +656,62 @@ class Ledger:
             )
         return rec
 
+    async def abandon_stale_rounds(self, contract: str, below: int) -> list[Record]:
+        """Record as abandoned every round before ``below`` that closed but has no result and that
+        nobody works on any more: no leadership key for it and no live participant still ready for it
+        (a participant waiting for its leader keeps its ready mark; one that moved on, restarted or
+        died does not). Without this, a round whose participants all died would stay open forever.
+        A participant that comes back later to such a round finds it abandoned and joins the current
+        one. Returns the ``abandon`` records written."""
+        check_contract_name(contract)
+        open_rounds: list[int] = []
+        resolved: set[int] = set()
+        prefix = f"{keys.ROUNDS}{contract}/"
+        for kv in await self.etcd.get_prefix(prefix):
+            parts = kv.key[len(prefix) :].split("/")
+            if len(parts) == 2 and parts[0].isdigit():
+                if parts[1] == "close":
+                    open_rounds.append(int(parts[0]))
+                elif parts[1] == "result":
+                    resolved.add(int(parts[0]))
+        candidates = sorted(r for r in open_rounds if r not in resolved and r < below)
+        if not candidates:
+            return []
+        busy: set[int] = set()
+        live: set[str] = set()
+        ready: dict[str, int] = {}
+        for kv in await self.etcd.get_prefix(keys.NODES):
+            name, _, rest = kv.key[len(keys.NODES) :].partition("/")
+            bits = rest.split("/")
+            if rest == "member":
+                live.add(name)
+            elif len(bits) == 3 and bits[0] == "ready" and bits[1] == contract and bits[2].isdigit():
+                ready[name] = int(bits[2])
+            elif len(bits) == 4 and bits[0] == "leader" and bits[1] == contract and bits[2].isdigit():
+                busy.add(int(bits[2]))
+        out = []
+        for r in candidates:
+            close = await self.round_close(contract, r)
+            if close is None or r in busy:
+                continue
+            if any(n in live and ready.get(n) == r for n in close.names):
+                continue
+            rec = await self._append(
+                contract,
+                "abandon",
+                {
+                    "round": r,
+                    "close_seq": close.record.seq,
+                    "participants": sorted(close.names),
+                    "reason": "every participant left the round without a merge (died, restarted or gave up)",
+                },
+                guard=keys.result_key(contract, r),
+            )
+            if rec is not None:
+                log.warning("round %d of %r: every participant left; recorded it as abandoned", r, contract)
+                out.append(rec)
+        return out
+
     async def round_result(self, contract: str, round_no: int) -> Record | None:
         return await self._pointed(keys.result_key(contract, round_no))
 

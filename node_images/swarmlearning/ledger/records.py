@@ -21,7 +21,7 @@ from swarmlearning import pki
 from swarmlearning.limits import Limits, describe
 
 GENESIS_HASH = "0" * 64
-KINDS = ("member", "contract", "close", "round")
+KINDS = ("member", "contract", "close", "round", "abandon")
 """member: a node joined; contract: a training contract's parameters; close: a round's participant
 set (fixes the leader order); round: a merge result committed by the round leader."""
 
@@ -172,12 +172,14 @@ def make_record(
 def check_protocol(rec: Record, closes: dict[tuple[str, int], Record], results: set[tuple[str, int]]) -> str:
     """Round rules a valid chain obeys; returns the violation or "". Updates ``closes``/``results``.
 
-    One close and one result per round; a result follows its round's close and is signed by the
-    leader that :func:`swarmlearning.ledger.rounds.leader_for` gives for its attempt.
+    One close and one result per round; a result follows its round's close and is either a ``round``
+    record signed by the leader that :func:`swarmlearning.ledger.rounds.leader_for` gives for its
+    attempt, or an ``abandon`` record (any member may sign it: every participant left without a merge)
+    naming the close's participants.
     """
     from swarmlearning.ledger.rounds import NoEligibleLeader, RoundClose, leader_for  # rounds imports us
 
-    if rec.kind not in ("close", "round"):
+    if rec.kind not in ("close", "round", "abandon"):
         return ""
     round_no = rec.body.get("round")
     if isinstance(round_no, bool) or not isinstance(round_no, int) or not 0 <= round_no < 1 << 63:
@@ -194,6 +196,17 @@ def check_protocol(rec: Record, closes: dict[tuple[str, int], Record], results: 
     if close is None:
         return f"result of round {key[1]} of {_shown(key[0])} without a close record before it"
     results.add(key)
+    if rec.kind == "abandon":
+        try:
+            named = sorted(rec.body.get("participants") or [])
+            closed = sorted(RoundClose.from_record(close).names)
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as e:
+            return f"cannot read the participants of abandoned round {key[1]}: {type(e).__name__}"
+        if named != closed:
+            return (
+                f"abandon record of round {key[1]} names {named[:8]}, but the round closed with {closed[:8]}"
+            )
+        return ""
     attempt = rec.body.get("attempt")
     if isinstance(attempt, bool) or not isinstance(attempt, int) or not 0 <= attempt <= MAX_ATTEMPT:
         return (

@@ -471,11 +471,16 @@ class SLNode:
                 )
             except QuorumTimeout as exc:
                 raise RoundFailed(f"{exc} (quorumTimeoutSeconds={quorum_timeout:g})") from exc
-            if self.cert.name in close.names:
+            if self.cert.name not in close.names:
+                note(f"round {round_no} closed without {self.cert.name} (too late); joining the next one")
+                remaining = max(1.0, deadline - loop.time())
+                continue
+            try:
+                result = await self._complete_round(s, close, note)
                 break
-            note(f"round {round_no} closed without {self.cert.name} (too late); joining round {round_no + 1}")
-            remaining = max(1.0, deadline - loop.time())
-        result = await self._complete_round(s, close, note)
+            except _RoundAbandoned:
+                note(f"round {round_no} was recorded as abandoned meanwhile; joining the current round")
+                remaining = max(1.0, deadline - loop.time())
         s.last_merged = result.data
         await self._archive(s.contract, result.round_no, result.data, result.digest)
         if result.all_final:
@@ -520,6 +525,8 @@ class SLNode:
                     return _RoundResult.of(close, record, data)
                 except RoundAlreadyCommitted as exc:
                     record = exc.record
+                    if record.kind == "abandon":
+                        raise _RoundAbandoned() from exc
             else:
                 note(
                     f"round {close.round_no}: waiting for leader {leader} (attempt {attempt}, "
@@ -530,6 +537,8 @@ class SLNode:
                 except LeaderFailed as exc:
                     note(f"{exc}; moving to attempt {attempt + 1}")
                     continue
+                if record.kind == "abandon":
+                    raise _RoundAbandoned()
             data = await self._fetch_result(s, close, record)
             return _RoundResult.of(close, record, data)
         raise RoundFailed(
@@ -612,6 +621,7 @@ class SLNode:
             )
             extra |= round_extra(progress, accepted)
             merged_digest = self.store.put(ModelKey(close.contract, close.round_no, "merged"), merged_bytes)
+            await self._abandon_stale(close)
             record = await ledger.commit_round(
                 close.contract,
                 close.round_no,
@@ -629,6 +639,14 @@ class SLNode:
             + (f", rejected {sorted(rejected)}" if rejected else "")
         )
         return record, merged_bytes
+
+    async def _abandon_stale(self, close: RoundClose) -> None:
+        """As a round's leader, record earlier rounds whose participants all left as abandoned, so the
+        ledger has one result for every round (see ``Ledger.abandon_stale_rounds``)."""
+        try:
+            await self._ledger().abandon_stale_rounds(close.contract, below=close.round_no)
+        except (EtcdError, LedgerError) as exc:
+            log.warning("round %d: could not check earlier rounds for abandonment: %s", close.round_no, exc)
 
     async def _training_elsewhere(self, close: RoundClose) -> set[str]:
         try:
@@ -731,6 +749,10 @@ class SLNode:
         await self._archive(s.contract, round_no, data, str(record.body["merged_digest"]))
         await self._record_model(s.contract, round_no, str(record.body["merged_digest"]))
         return round_no, data
+
+
+class _RoundAbandoned(Exception):
+    """The round this node was in got an ``abandon`` record (it came back after everyone had left)."""
 
 
 @dataclass(frozen=True)
