@@ -717,12 +717,14 @@ class Ledger:
 
     async def wait_round_result(self, close: RoundClose, attempt: int, *, leader_timeout_s: float) -> Record:
         """Wait for the round's result record. Raises :class:`LeaderFailed` when the leader of
-        ``attempt`` held its leadership key and lost it without committing, or when nothing was
+        ``attempt`` held its leadership key and lost it without committing, left the round (its ready
+        mark for it is gone: dead for a membership lease TTL, or restarted), or when nothing was
         committed within ``leader_timeout_s`` seconds (> 0)."""
         if leader_timeout_s <= 0:
             raise ValueError(f"leader_timeout_s={leader_timeout_s}: must be > 0 seconds")
         leader = leader_for(close, attempt)
         lk = keys.leader_key(leader, close.contract, close.round_no, attempt)
+        ready = keys.ready_key(leader, close.contract, close.round_no)
         what = f"round {close.round_no} of {close.contract!r}, attempt {attempt}, leader {leader}"
         loop = asyncio.get_running_loop()
         deadline = loop.time() + leader_timeout_s
@@ -737,11 +739,18 @@ class Ledger:
                     return rec
                 alive = await self.etcd.get(lk) is not None
                 seen = seen or alive
-                if seen and not alive:
+                # A leader still in the round keeps its ready mark for it; once the mark is gone (its
+                # membership lease expired: it died, or it restarted and moved on) it will not commit.
+                left = not alive and await self.etcd.get(ready) is None
+                if (seen and not alive) or left:
                     rec = await self.round_result(close.contract, close.round_no)
                     if rec is not None:
                         return rec
-                    raise LeaderFailed(f"{what}: the leader's lease expired before it committed")
+                    raise LeaderFailed(
+                        f"{what}: the leader's lease expired before it committed"
+                        if seen
+                        else f"{what}: the leader left the round before it committed"
+                    )
                 if loop.time() >= deadline:
                     raise LeaderFailed(f"{what}: no result within {leader_timeout_s:g}s")
                 remaining = deadline - loop.time()
