@@ -21,6 +21,7 @@ import re
 import signal
 import subprocess
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +42,8 @@ OPERATOR_NS = "swarm-system"
 NETWORK = "demo"
 TASK = "digits"
 SITES = ("site-a", "site-b", "site-c")
+OPERATOR_SELECTOR = "app.kubernetes.io/component=operator,app.kubernetes.io/instance=swarm"
+OPERATOR_METRICS_PORT = 8080
 DEMO_ACCURACY = 0.967
 """What `make demo` reaches on the digits (seed 0, README); the cluster's model must be within 2 points."""
 
@@ -70,23 +73,49 @@ class Swarm:
     work: Path
     started: float = 0.0
     """time.monotonic() of `helm install`."""
+    ns: str = NS
+    """The namespace of the swarm's resources (the operator is in OPERATOR_NS)."""
 
-    def get(self, kind: str, name: str, ns: str = NS) -> dict[str, Any]:
-        return json.loads(self.cluster.kubectl("get", kind, name, "-n", ns, "-o", "json").stdout)
+    def get(self, kind: str, name: str, ns: str | None = None) -> dict[str, Any]:
+        return json.loads(self.cluster.kubectl("get", kind, name, "-n", ns or self.ns, "-o", "json").stdout)
 
-    def items(self, kind: str, *selector: str, ns: str = NS) -> list[dict[str, Any]]:
-        out = self.cluster.kubectl("get", kind, "-n", ns, "-o", "json", *selector).stdout
+    def items(self, kind: str, *selector: str, ns: str | None = None) -> list[dict[str, Any]]:
+        out = self.cluster.kubectl("get", kind, "-n", ns or self.ns, "-o", "json", *selector).stdout
         return list(json.loads(out)["items"])
 
     def task_status(self, name: str = TASK) -> dict[str, Any]:
         return self.get("swarmtask", name).get("status") or {}
 
+    def operator_pods(self) -> list[dict[str, Any]]:
+        """The chart's operator pods that are not being deleted."""
+        pods = self.items("pods", "-l", OPERATOR_SELECTOR, ns=OPERATOR_NS)
+        return [p for p in pods if not p["metadata"].get("deletionTimestamp")]
+
+    def ready_operator(self) -> dict[str, Any] | None:
+        """The one operator pod when it is Running and Ready, else None."""
+        pods = self.operator_pods()
+        if len(pods) != 1 or pods[0]["status"].get("phase") != "Running":
+            return None
+        conds = {c["type"]: c["status"] for c in pods[0]["status"].get("conditions", [])}
+        return pods[0] if conds.get("Ready") == "True" else None
+
+    def operator_metrics(self, pod: str) -> dict[str, float]:
+        """The Prometheus samples of operator pod ``pod`` (``name{labels}`` -> value), via a port-forward."""
+        with self.port_forward(f"pod/{pod}", OPERATOR_METRICS_PORT, ns=OPERATOR_NS) as port:
+            text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+        samples: dict[str, float] = {}
+        for line in text.splitlines():
+            if line and not line.startswith("#"):
+                key, _, value = line.rpartition(" ")
+                samples[key] = float(value)
+        return samples
+
     def diagnose(self) -> str:
         """What a person would look at when a wait times out: resources, pods, events, operator log."""
         parts = []
         for args in (
-            ("get", "swarm,pods,pvc", "-n", NS, "-o", "wide"),
-            ("get", "events", "-n", NS, "--sort-by=.lastTimestamp"),
+            ("get", "swarm,pods,pvc", "-n", self.ns, "-o", "wide"),
+            ("get", "events", "-n", self.ns, "--sort-by=.lastTimestamp"),
             ("get", "pods", "-n", OPERATOR_NS, "-o", "wide"),
             ("logs", "-n", OPERATOR_NS, "deploy/swarm-swarm-learning", "--tail=40"),
         ):
@@ -95,7 +124,7 @@ class Swarm:
         for pod in self.items("pods"):
             name = pod["metadata"]["name"]
             for c in ("sl", "ml", "sn"):
-                r = self.cluster.kubectl("logs", "-n", NS, name, "-c", c, "--tail=15", check=False)
+                r = self.cluster.kubectl("logs", "-n", self.ns, name, "-c", c, "--tail=15", check=False)
                 if r.returncode == 0 and r.stdout.strip():
                     parts.append(f"--- {name}/{c}\n{r.stdout[-2500:]}")
         return "\n".join(parts)
@@ -123,14 +152,14 @@ class Swarm:
         return r
 
     @contextlib.contextmanager
-    def port_forward(self, target: str, port: int, ns: str = NS) -> Iterator[int]:
+    def port_forward(self, target: str, port: int, ns: str | None = None) -> Iterator[int]:
         """`kubectl port-forward` to ``target`` (e.g. pod/demo-sn-0); yields the local port on 127.0.0.1."""
         proc = subprocess.Popen(
             [
                 str(self.cluster.kubectl_bin),
                 "port-forward",
                 "-n",
-                ns,
+                ns or self.ns,
                 "--address",
                 "127.0.0.1",
                 target,
@@ -209,22 +238,34 @@ def _values_for_local_images() -> list[str]:
 # ------------------------------------------------------------------------------------------ fixtures
 
 
-@pytest.fixture(scope="module")
-def swarm(real_cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Swarm]:
-    s = Swarm(real_cluster, tmp_path_factory.mktemp("e2e"), time.monotonic())
+@contextlib.contextmanager
+def installed_swarm(cluster: Cluster, work: Path, ns: str, manifests: str) -> Iterator[Swarm]:
+    """`helm install` the chart (release ``swarm``), apply ``manifests`` (YAML) in a new namespace ``ns``;
+    afterwards delete the namespace (waiting up to 180 s, so the next module's pods do not share the
+    machine with these) and uninstall the chart."""
+    s = Swarm(cluster, work, time.monotonic(), ns)
     s.cluster.helm(
         "install", "swarm", str(CHART), "-n", OPERATOR_NS, "--create-namespace",
         *_values_for_local_images(), "--wait", "--timeout", "300s",
         timeout=360,
     )  # fmt: skip
-    s.cluster.kubectl("create", "namespace", NS)
-    s.cluster.kubectl("apply", "-n", NS, "-f", str(EXAMPLE))
     try:
+        s.cluster.kubectl("create", "namespace", ns)
+        s.cluster.kubectl("apply", "-n", ns, "-f", "-", input=manifests)
         yield s
     finally:
         # The cluster itself goes with the session; remove what we made so a shared cluster stays clean.
-        s.cluster.kubectl("delete", "namespace", NS, "--wait=false", check=False)
-        s.cluster.helm("uninstall", "swarm", "-n", OPERATOR_NS, check=False)
+        s.cluster.kubectl("delete", "namespace", ns, "--wait=false", check=False)
+        s.cluster.kubectl(
+            "wait", "--for=delete", f"namespace/{ns}", "--timeout=180s", check=False, timeout=200
+        )
+        s.cluster.helm("uninstall", "swarm", "-n", OPERATOR_NS, "--wait", check=False)
+
+
+@pytest.fixture(scope="module")
+def swarm(real_cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Swarm]:
+    with installed_swarm(real_cluster, tmp_path_factory.mktemp("e2e"), NS, EXAMPLE.read_text()) as s:
+        yield s
 
 
 # ------------------------------------------------------------------------------------------ tests
@@ -309,8 +350,7 @@ def test_digits_task_trains_in_pods_and_succeeds_with_ledger_status(swarm: Swarm
     assert conds["Complete"]["status"] == "True", conds
     assert st["modelLocation"].startswith("pvc://site-"), st
     # The ML container ran the default program and trained (its own words, from the pod log).
-    pod = f"{TASK}-site-a-0"
-    log = swarm.cluster.kubectl("logs", "-n", NS, pod, "-c", "ml").stdout
+    log = swarm.cluster.kubectl("logs", "-n", NS, f"{TASK}-site-a-0", "-c", "ml").stdout
     assert "merged model: test accuracy" in log, log[-2000:]
 
 
@@ -467,8 +507,7 @@ def test_training_survives_a_deleted_site_pod(swarm: Swarm) -> None:
 def test_a_restarted_operator_adopts_what_exists_without_duplicates(swarm: Swarm) -> None:
     """The operator's pod is deleted; its successor finds every child by name and changes nothing that
     is finished. (Restarting it *during* training is issue 10's: see the closing note of issue 9.)"""
-    operator = "app.kubernetes.io/component=operator,app.kubernetes.io/instance=swarm"
-    (op_pod,) = swarm.items("pods", "-l", operator, ns=OPERATOR_NS)
+    (op_pod,) = swarm.operator_pods()
     before_pods = sorted(p["metadata"]["uid"] for p in swarm.items("pods"))
     before = {t: swarm.task_status(t) for t in (TASK, FAULT_TASK)}
     swarm.cluster.kubectl(
@@ -477,21 +516,26 @@ def test_a_restarted_operator_adopts_what_exists_without_duplicates(swarm: Swarm
     swarm.cluster.kubectl(
         "rollout", "status", "-n", OPERATOR_NS, "deploy/swarm-swarm-learning", "--timeout=180s", timeout=200
     )
-    (new_pod,) = poll(
-        "the new operator pod to be Running",
-        lambda: (
-            [
-                p
-                for p in swarm.items("pods", "-l", operator, ns=OPERATOR_NS)
-                if p["status"].get("phase") == "Running"
-            ]
-            or None
-        ),
-        180,
-        swarm.diagnose,
-    )
+    new_pod = poll("the new operator pod to be Running and Ready", swarm.ready_operator, 180, swarm.diagnose)
     assert new_pod["metadata"]["uid"] != op_pod["metadata"]["uid"]
-    time.sleep(20)  # give the new operator a full reconcile pass (it starts with a resync)
+    # Wait until the new process has reconciled every object once (Kopf lists them all when its watches
+    # start): its own metrics carry a per-task and per-network gauge only after a completed reconcile.
+    wanted = [f'swarm_operator_task_round{{namespace="{NS}",task="{t}"}}' for t in before]
+    wanted.append(f'swarm_operator_network_members_ready{{namespace="{NS}",network="{NETWORK}"}}')
+    seen: dict[str, float] = {}
+
+    def reconciled_all() -> bool:
+        seen.clear()
+        seen.update(swarm.operator_metrics(new_pod["metadata"]["name"]))
+        nodes = seen.get('swarm_operator_reconciles_total{kind="LearningNode"}', 0)
+        return all(w in seen for w in wanted) and nodes >= len(SITES)
+
+    poll(
+        "the new operator to have reconciled both tasks, the network and the LearningNodes",
+        reconciled_all,
+        120,
+        lambda: f"missing in its metrics: {[w for w in wanted if w not in seen]}\n{swarm.diagnose()}",
+    )
     assert sorted(p["metadata"]["uid"] for p in swarm.items("pods")) == before_pods, "pods changed"
     for t, st in before.items():
         after = swarm.task_status(t)

@@ -188,6 +188,19 @@ def test_observe_creates_first_attempt_and_restarts_until_the_limit() -> None:
     assert nxt is None and out.phase == "Pending"
 
 
+def test_a_deleted_pod_that_failed_from_its_sigterm_is_started_again_without_using_a_restart() -> None:
+    """Found by the cluster chaos test: a site pod deleted mid-training turns Failed (its program dies of
+    the kubelet's SIGTERM) before it is gone; that is a deletion, not a failure of the program."""
+    out, nxt = _observe(_spec(max_restarts=1), "a", [_pod(0, "Failed", deleting=True)])
+    assert nxt is None and out.phase == "Pending" and out.restarts == 0 and not out.done_failed
+    out, nxt = _observe(_spec("FailTask"), "a", [_pod(0, "Failed", deleting=True)])
+    assert nxt is None and not out.done_failed, "a deleted pod does not fail a FailTask task"
+    # Once it is gone, the same attempt is created again (the earlier attempt's failure counts once).
+    assert _observe(_spec(max_restarts=1), "a", [])[1] == 0
+    out, nxt = _observe(_spec(max_restarts=1), "a", [_pod(0, "Failed")])
+    assert nxt == 1 and out.restarts == 0
+
+
 def test_verdict_quorum_and_failure_policy() -> None:
     ok, running, bad = (NodeOutcome(n, "x", 0, done_ok=True) for n in "abc")
     running = NodeOutcome("b", "Running", 0)

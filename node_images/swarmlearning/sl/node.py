@@ -621,6 +621,9 @@ class SLNode:
             )
             extra |= round_extra(progress, accepted)
             merged_digest = self.store.put(ModelKey(close.contract, close.round_no, "merged"), merged_bytes)
+            # On disk before the commit: if this node dies right after committing, its restart (or
+            # anyone sharing the archive) still serves the model the record names.
+            await self._archive(close.contract, close.round_no, merged_bytes, merged_digest)
             await self._abandon_stale(close)
             record = await ledger.commit_round(
                 close.contract,
