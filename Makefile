@@ -27,12 +27,9 @@ demo: venv
 testbed:
 	@bash tests/testbed/build.sh
 
-# TEST_WORKERS pytest-xdist workers: the e2e tier mostly waits on pods and the kubelet while the
-# integration tier keeps the CPUs busy; each of the cluster and e2e tiers stays on one worker.
-TEST_WORKERS ?= 3
 test: venv testbed images lint
-	@echo ">>> Running every test (unit, integration with real etcd and processes, cluster with a real control plane, e2e on a real node) on $(TEST_WORKERS) workers"
-	$(VENV)/bin/pytest -n $(TEST_WORKERS) --dist loadgroup
+	@echo ">>> Running every test as parallel pytest sessions: e2e (real node), cluster (control plane), the fault tests, unit + the other integration tests"
+	@$(PY) tests/run_tiers.py
 
 # The e2e tier alone: the built images on the test bed's real node (kubelet, containerd); needs root.
 test-e2e: venv testbed images

@@ -28,16 +28,6 @@ TEST_KINDS = ("unit", "integration", "cluster", "e2e")
 NAMESPACE_READY_TIMEOUT = 60.0
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Under pytest-xdist (`make test` runs `-n` workers, `--dist loadgroup`), each of the `cluster` and
-    `e2e` tiers stays on one worker: their session fixtures start a control plane (and the machine's one
-    real node) once; unit and integration tests spread over the workers."""
-    for item in items:
-        for tier in ("cluster", "e2e"):
-            if item.get_closest_marker(tier) is not None:
-                item.add_marker(pytest.mark.xdist_group(tier))
-
-
 def pytest_runtest_setup(item: pytest.Item) -> None:
     kinds = sorted({m.name for m in item.iter_markers() if m.name in TEST_KINDS})
     if len(kinds) != 1:
