@@ -47,7 +47,7 @@ def main() -> int:
     procs: dict[str, subprocess.Popen[str]] = {}
     threads = []
     started = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="swarm-tests-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="st-") as tmp:  # short: Unix socket paths live below it
 
         def stop(signum: int, _frame: object) -> None:
             for p in procs.values():
@@ -57,7 +57,7 @@ def main() -> int:
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
         for name, args in SESSIONS.items():
-            base = Path(tmp) / name.replace("+", "-")
+            base = Path(tmp) / name[:4]
             cmd = [pytest, "-p", "no:cacheprovider", f"--basetemp={base}", *args]
             print(f">>> session {name}: {' '.join(cmd[1:])}", flush=True)
             procs[name] = subprocess.Popen(

@@ -193,7 +193,7 @@ class ChaosRun:
         cfg = self.cfg
         out = cfg.out.resolve()
         out.mkdir(parents=True, exist_ok=True)
-        run_dir = out / f"run-seed{cfg.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
+        run_dir = out / f"s{cfg.seed}-{time.strftime('%m%d-%H%M%S')}"
         self.emit(
             f">>> chaos run: seed {cfg.seed}, {cfg.faults} faults, {cfg.sn_members} SN members, "
             f"{cfg.sites} sites (folder {run_dir})"

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -27,6 +28,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -127,7 +129,13 @@ class Node:
 
     @property
     def socket_path(self) -> Path:
-        return self.folder / "sl.sock"
+        """``<node folder>/sl.sock``, or a short path under the temp dir when that one exceeds the
+        108-byte limit of a Unix socket address (deep run folders)."""
+        path = self.folder / "sl.sock"
+        if len(str(path)) < 100:
+            return path
+        tag = hashlib.sha256(str(path).encode()).hexdigest()[:16]
+        return Path(tempfile.gettempdir()) / f"swarm-sl-{tag}.sock"
 
     @property
     def metrics_path(self) -> Path:
