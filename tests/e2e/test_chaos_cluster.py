@@ -355,7 +355,10 @@ def test_training_survives_random_deletions_of_site_pods_the_operator_and_sn_mem
         120,
         lambda: f"status: {chaos.task_status(TASK)}",
     )
-    assert all(n["phase"] == "Succeeded" for n in status["nodes"]), status["nodes"]
+    # Sites that hold the final model succeeded; only a site of the known gap above may have failed.
+    failed = {n["name"] for n in status["nodes"] if n["phase"] != "Succeeded"}
+    assert failed <= set(missing), status["nodes"]
+    assert {n["name"] for n in status["nodes"] if n["phase"] == "Succeeded"} >= set(digests), status["nodes"]
 
     # Figures.
     def next_round(after: float, site: str = "") -> float | None:
