@@ -137,19 +137,25 @@ def test_a_participant_slow_to_fetch_the_final_model_still_gets_it(tmp_path: Pat
     """The final round's leader keeps serving until the slow participant recorded having the model (the
     linger time is only an upper bound, set far above the fetch time here; a first SIGTERM, which
     Kubernetes sends once the ML container exits, does not cut it short), then exits on its own. The
-    two sites are on their own network hosts with 1.5 s of delay each way between them, so whichever
-    does not lead takes seconds to download the final model."""
-    cfg = small_config(2, train={"epochs": 1})
+    two sites are on their own network hosts, with their own model archives and 0.6 s of delay each way
+    between them, so whichever does not lead takes seconds to download the final model."""
+    # The leader waits for the other's input across the delay: more than the usual 6 s of patience.
+    cfg = small_config(2, train={"epochs": 1}, leader_failure_timeout=30)
     with SwarmNet(prefix="swslow") as net:
         attach_root(net)
         with ChaosSwarm(
-            config=cfg, run_dir=tmp_path / "run", net=net, sn_members=1, sl_linger_seconds=300
+            config=cfg,
+            run_dir=tmp_path / "run",
+            net=net,
+            sn_members=1,
+            sl_linger_seconds=300,
+            shared_model_archive=False,  # the slow site must download the final model
         ) as swarm:
             swarm.prepare()
+            # From the start: training rounds take 100 ms here, faster than a test can react to one.
+            net.delay("node-1", "node-2", 600)
             swarm.start_all()
             names = cfg.node_names()
-            wait_for("round 2 to be committed", lambda: 2 in round_records(swarm), 120, swarm)
-            net.delay("node-1", "node-2", 1500)
 
             def serving_leader() -> str | None:
                 return next((n for n in names if "serving final model" in sl_log(swarm, n)), None)

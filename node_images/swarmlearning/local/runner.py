@@ -170,6 +170,9 @@ class LocalSwarm:
     sl_linger_seconds: float = 30.0
     """Upper bound of an SL node serving the final model after its ML process finished; it exits as
     soon as every participant recorded having the model, so this only matters on slow machines."""
+    shared_model_archive: bool = True
+    """One merged-model folder for the whole run (as storage the sites share); False: one per site, as
+    separate organisations have, so a site missing a model must download it from a peer."""
     nodes: dict[str, Node] = field(default_factory=dict)
     sn: Any = None
     sn_endpoints: list[str] = field(default_factory=list)
@@ -238,8 +241,11 @@ class LocalSwarm:
 
     @property
     def model_dir(self) -> Path:
-        """Merged models every SL node keeps (one folder for the run, as if it were shared storage)."""
+        """Merged models the SL nodes keep (per site below it unless ``shared_model_archive``)."""
         return self.run_dir / "models"
+
+    def model_dir_of(self, name: str) -> Path:
+        return self.model_dir if self.shared_model_archive else self.model_dir / name
 
     def launch(
         self, name: str, cmd: list[str], log_path: Path, env: Mapping[str, str], cwd: Path | None = None
@@ -293,7 +299,7 @@ class LocalSwarm:
             "--linger",
             str(self.sl_linger_seconds),
             "--model-dir",
-            str(self.model_dir),
+            str(self.model_dir_of(name)),
         ]
         node.sl = self.launch(f"{name}-sl", cmd, self.run_dir / "logs" / f"{name}-sl.log", self._env(node))
 
