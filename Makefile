@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@# pip's own chatter goes to a log; it is shown only when the install fails.
 	@{ $(PY) -m pip install -q --upgrade pip setuptools wheel && \
-	   $(PY) -m pip install -q -e '.[dev,local]'; } > $(VENV)/pip.log 2>&1 || \
+	   $(PY) -m pip install -q -e '.[dev,local,ml]'; } > $(VENV)/pip.log 2>&1 || \
 	   { tail -n 40 $(VENV)/pip.log; echo "pip install failed (full log: $(VENV)/pip.log)"; exit 1; }
 	@touch $(STAMP)
 	@echo ">>> Python environment ready"

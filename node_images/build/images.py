@@ -130,17 +130,35 @@ SPECS: dict[str, ImageSpec] = {
         ImageSpec("sl", "node_images/Dockerfile.sl", "torch-base", ("torch", "node"), project=True,
                   smoke=(("python", "-m", "swarmlearning.sl", "--help"), SMOKE_NO_PIP)),
         ImageSpec(
-            "ml", "node_images/Dockerfile.ml", "torch-base", ("torch", "node"), project=True,
+            "ml", "node_images/Dockerfile.ml", "torch-base", ("torch", "node", "ml-torch"), project=True,
             smoke=(
                 ("tini", "--", "python", "-c", "from swarmlearning.pyt import SwarmCallback"),
+                ("python", "-c", "import torchvision, torchmetrics"),
                 ("python", "-m", "swarmlearning.demo.digits", "--help"),
+                SMOKE_NO_PIP,
+            ),
+        ),
+        ImageSpec(
+            "ml-tensorflow", "node_images/Dockerfile.ml-tensorflow", "base", ("tensorflow",), project=True,
+            smoke=(
+                ("python", "-c", SMOKE_NO_TORCH.format(mod="tensorflow, keras, swarmlearning.tf")
+                 + "; from swarmlearning.tf import SwarmCallback"),
+                SMOKE_NO_PIP,
+            ),
+        ),
+        ImageSpec(
+            "ml-transformers", "node_images/Dockerfile.ml-transformers", "torch-base",
+            ("torch", "transformers"), project=True,
+            smoke=(
+                ("python", "-c", "import peft, transformers; from swarmlearning.hf_transformers import "
+                 "SwarmCallback"),
                 SMOKE_NO_PIP,
             ),
         ),
     )
 }  # fmt: skip
 ARCHIVED = tuple(n for n, s in SPECS.items() if s.archive)
-"""The images of images.json: base, operator, sn, sl, ml."""
+"""The images of images.json: base, operator, sn, sl, ml, ml-tensorflow, ml-transformers."""
 
 
 # ------------------------------------------------------------------------------------------- pure parts

@@ -581,3 +581,29 @@ def test_a_training_program_that_exits_non_zero_fails_the_task_with_its_reason(s
     failed = {c["type"]: c for c in st["conditions"]}["Failed"]
     assert failed["status"] == "True" and failed["reason"] == "PodFailed", failed
     assert "exit code 3" in failed["message"] and "cannot read the site data" in failed["message"], failed
+
+
+def test_a_keras_program_trains_as_a_task_on_the_tensorflow_image(swarm: Swarm) -> None:
+    """The ml-tensorflow image (Keras on TensorFlow, no torch) runs a Keras script written as HPE's users
+    write them (``model.fit(callbacks=[SwarmCallback(...)])``, epochs from ``MAX_EPOCHS``) on every site;
+    the task succeeds and every site ends with the final round's merged model."""
+    task = _fault_task()
+    task["metadata"] = {"name": "keras"}
+    task["spec"]["image"] = swarm.cluster.image("ml-tensorflow")
+    task["spec"]["command"] = ["python", "-m", "swarmlearning.demo.digits_keras"]
+    task["spec"]["totalEpochs"] = 6
+    swarm.cluster.kubectl("apply", "-n", NS, "-f", "-", input=yaml.safe_dump(task))
+    st = swarm.wait_task("keras", "Succeeded", 900)
+    rounds = swarm.round_records("keras")
+    final = rounds[max(rounds)]
+    assert st["round"] >= 5 and sorted(st["peers"]) == list(SITES), st
+    out = swarm.work / "keras.safetensors"
+    swarm.swarmctl("model", "fetch", "keras", "-n", NS, "-o", str(out))
+    assert hashlib.sha256(out.read_bytes()).hexdigest() == final.body["merged_digest"]
+    for site in SITES:
+        log = swarm.cluster.kubectl("logs", "-n", NS, f"keras-{site}-0", "-c", "ml").stdout
+        assert "SwarmCallback (KERAS)" in log and "totalEpochs=6" in log, log[-3000:]
+        assert "Final Swarm model was loaded." in log, log[-3000:]
+        acc = float(re.findall(r"merged model: test accuracy ([\d.]+)", log)[-1])
+        print(f"\ne2e: Keras task, {site}: merged model test accuracy {acc:.4f} after {st['round']} rounds")
+        assert acc >= 0.85, log[-3000:]

@@ -273,6 +273,13 @@ def test_task_pod_env_carries_sync_parameters() -> None:
     assert senv["SWARM_SL_LISTEN"] == "0.0.0.0:30305"
     assert senv["SWARM_SL_ADVERTISE_HOST"] == "site-a-sl.ns1.svc"
     assert senv["SWARM_CERT_DIR"] == "/etc/swarm/tls"
+    # HPE's ML-container conventions, for scripts that read them (os.getenv("DATA_DIR") ...); ML only.
+    assert (env["DATA_DIR"], env["MODEL_DIR"], env["SCRATCH_DIR"]) == ("/data", "/data/swarm-output", "/swarm/scratch")
+    assert (env["MAX_EPOCHS"], env["MIN_PEERS"], env["NODE_ID"]) == ("4", "2", "site-a")
+    assert "DATA_DIR" not in senv and "MAX_EPOCHS" not in senv
+    assert {"name": "scratch", "mountPath": "/swarm/scratch"} in ml["volumeMounts"]
+    assert {"name": "scratch", "emptyDir": {}} in pod["spec"]["volumes"]
+    assert "MAX_EPOCHS" not in _env(_containers(tb.task_pod(TASK, _task(), _peer(), 0, []))[1])
     # the task's nodeWeightage overrides the node's
     over = tb.task_pod(TASK, _task(sync={"frequency": 1, "minPeers": 1, "nodeWeightage": 50}), _peer(), 0, [])
     assert _env(_containers(over)[1])["SWARM_NODE_WEIGHTAGE"] == "50"
@@ -358,7 +365,7 @@ def test_model_location_per_data_source() -> None:
 def test_task_pod_env_is_what_the_callback_reads() -> None:
     """Contract between the operator and the node runtime: the ML container's sync variables are
     exactly the ones SwarmCallback reads, and parse to the task's values."""
-    from swarmlearning.pyt.params import ENV_OVERRIDES, env_overrides
+    from swarmlearning.client.params import ENV_OVERRIDES, env_overrides
 
     spec = _task(
         sync={

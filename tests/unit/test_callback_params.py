@@ -7,7 +7,7 @@ import logging
 import pytest
 import torch
 from swarmlearning.pyt import SwarmCallback, SwarmError
-from swarmlearning.pyt.adaptive import MAX_FACTOR, next_sync_interval
+from swarmlearning.client.adaptive import MAX_FACTOR, next_sync_interval
 from swarmlearning.pyt.metrics import make_metric
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -61,15 +61,78 @@ BAD = [
 def test_bad_parameter_names_itself_and_range(name: str, value: object, words: str) -> None:
     kw: dict[str, object] = {"syncFrequency": 2, "minPeers": 2, "model": _model()}
     kw[name] = value
-    with pytest.raises(ValueError) as err:
+    with pytest.raises(SwarmError) as err:  # HPE's error type, and a ValueError
         SwarmCallback(**kw)  # type: ignore[arg-type]
+    assert isinstance(err.value, ValueError)
     assert name in str(err.value)
     assert words in str(err.value)
 
 
-def test_unknown_parameter_is_named() -> None:
-    with pytest.raises(ValueError, match="syncFreq"):
-        SwarmCallback(2, 2, model=_model(), syncFreq=3)
+def test_unknown_and_hpe_only_parameters_are_accepted_with_a_warning_naming_them(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="swarmlearning.pyt"):
+        cb = SwarmCallback(2, 2, model=_model(), syncFreq=3, mlPlatform="PYTORCH", tf=None)
+    text = caplog.text
+    assert "syncFreq ignored: unknown parameter (did you mean syncFrequency?)" in text
+    assert "mlPlatform ignored: HPE's platform switch" in text
+    assert "tf ignored: HPE's TensorFlow-1 graph mode" in text
+    assert cb.syncFrequency == 2
+
+
+def test_parsing_is_as_lenient_as_hpe() -> None:
+    """Integers given as strings or integral floats, names in any case, totalEpochs=None."""
+    cb = SwarmCallback(
+        "8",
+        2.0,
+        model=_model(),
+        mergeMethod="GeoMedian",
+        checkinModelOnTrainEnd="Active",
+        nodeWeightage="30",
+        totalEpochs=None,
+        adsValBatchSize="16",
+    )
+    assert (cb.syncFrequency, cb.minPeers, cb.nodeWeightage, cb.totalEpochs) == (8, 2, 30, 0)
+    assert (cb.mergeMethod, cb.checkinModelOnTrainEnd, cb.valBatchSize) == ("geomedian", "active", 16)
+    with pytest.raises(SwarmError, match="syncFrequency must be an integer >= 1, got 'eight'"):
+        SwarmCallback("eight", 2, model=_model())
+
+
+def test_hpe_attributes_scripts_read() -> None:
+    cb = SwarmCallback(4, 3, model=_model(), maxPeers=5, totalEpochs=7)
+    assert cb.mlPlatform.name == "PYTORCH"
+    assert (cb.syncFrequency, cb.currentSyncFrequency, cb.stepsBeforeNextSync) == (4, 4, 4)
+    assert (cb.minPeers, cb.maxPeers, cb.totalEpochs) == (3, 5, 7)
+    assert cb.trainingContract == "defaultbb.cqdb.sml.hpe"
+    assert (cb.isSwarmTrainingOver, cb.userMergeDone, cb.epochsCompleted) == (False, False, 0)
+    assert cb.lastSuccessfulMergeDictInActTrng is None
+    assert isinstance(cb.logger, logging.Logger) and cb.valData is None
+    assert (cb.get_loss(), cb.get_metric()) == (None, None)
+
+
+def test_epochs_are_counted_per_call_and_loss_is_a_mean_whatever_the_reduction(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("SWARM_LOOPBACK", "True")
+    model = torch.nn.Linear(3, 2)
+    val = _val()
+    losses = {}
+    for reduction in ("mean", "sum", "none"):
+        cb = SwarmCallback(
+            1,
+            1,
+            model=model,
+            adsValData=val,
+            lossFunction="CrossEntropyLoss",
+            lossFunctionArgs={"reduction": reduction},
+            metricFunction="Accuracy",
+        )
+        cb.on_train_begin()
+        cb.on_epoch_end(1)  # a script counting from 1: still one epoch
+        cb.on_epoch_end(2)
+        assert cb.epochsCompleted == 2
+        losses[reduction] = cb.get_loss()
+    assert losses["sum"] == pytest.approx(losses["mean"]) and losses["none"] == pytest.approx(losses["mean"])
 
 
 def test_environment_overrides_the_script(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -161,3 +224,49 @@ def test_builtin_metrics() -> None:
     assert float(acc(torch.tensor([0.7, 0.2]), torch.tensor([1, 0]))) == pytest.approx(1.0)
     mse = make_metric("MeanSquaredError", None)
     assert float(mse(torch.tensor([1.0, 3.0]), torch.tensor([1.0, 1.0]))) == pytest.approx(2.0)
+
+
+def test_the_callbacks_console_output_is_visible_without_logging_setup(tmp_path) -> None:
+    """HPE's callback prints its parameters to stdout by default; so does this one, once per line, and
+    when the script configures logging itself its handlers get the records instead."""
+    import subprocess
+    import sys
+
+    script = (
+        "import torch\n"
+        "from swarmlearning.pyt import SwarmCallback\n"
+        "cb = SwarmCallback(4, 2, model=torch.nn.Linear(2, 2), totalEpochs=None)\n"
+        "cb.on_train_begin(); cb.on_epoch_end(); cb.on_train_end()\n"
+    )
+    env = {"SWARM_LOOPBACK": "True", "PATH": "/usr/bin:/bin"}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    lines = [line for line in done.stdout.splitlines() if "SwarmCallback (PYTORCH)" in line]
+    assert len(lines) == 1 and "swarmlearning.pyt : INFO" in lines[0], done.stdout
+    assert "totalEpochs=unknown" in lines[0]
+    configured = subprocess.run(
+        [sys.executable, "-c", "import logging; logging.basicConfig(filename='l.txt', level=20)\n" + script],
+        capture_output=True, text=True, env=env, timeout=120, cwd=tmp_path,
+    )  # fmt: skip
+    assert configured.returncode == 0, configured.stderr
+    assert "SwarmCallback (PYTORCH)" not in configured.stdout
+    assert "SwarmCallback (PYTORCH)" in (tmp_path / "l.txt").read_text()
+
+
+def test_script_runs_get_one_data_folder_per_node(tmp_path) -> None:
+    from swarmlearning.local.config import ConfigError
+    from swarmlearning.local.script import node_data_folders
+
+    for name in ("b", "a", "c"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "test.npz").write_bytes(b"")
+    assert node_data_folders([tmp_path], 2) == [tmp_path / "a", tmp_path / "b"]
+    assert node_data_folders([tmp_path / "c", tmp_path / "a"], None) == [tmp_path / "c", tmp_path / "a"]
+    with pytest.raises(ConfigError, match="--nodes 4 with one --data folder needs 4 subfolders"):
+        node_data_folders([tmp_path], 4)
+    with pytest.raises(ConfigError, match="--nodes 3 but 2 --data folders"):
+        node_data_folders([tmp_path / "a", tmp_path / "b"], 3)
+    with pytest.raises(ConfigError, match="not a folder"):
+        node_data_folders([tmp_path / "test.npz"], None)
+    with pytest.raises(ConfigError, match="give each node's data folder"):
+        node_data_folders([], None)

@@ -38,3 +38,10 @@ def test_bad_parameters_name_the_parameter(capsys: pytest.CaptureFixture[str]) -
     with pytest.raises(SystemExit):
         digits.main(["--epochs", "0"])
     assert "--epochs must be between 1 and 1000" in capsys.readouterr().err
+
+
+def test_a_single_site_gets_the_whole_training_set(tmp_path: Path) -> None:
+    one = digits.site_data(tmp_path, 0, 1)
+    three = [digits.site_data(tmp_path, i, 3) for i in range(3)]
+    assert len(one[0].y) + len(one[1].y) == sum(len(t.y) + len(v.y) for t, v, _ in three)
+    assert set(np.unique(one[0].y)) == set(range(10))

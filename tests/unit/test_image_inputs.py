@@ -106,7 +106,7 @@ def test_manifest_lists_archived_images_only() -> None:
     assert images.manifest(entries) == {
         "images": {"sl": {"ref": "swarmlearning/sl:0.1.0", "archive": "/c/sl-0123.tar", "id": "sha256:aa"}}
     }
-    assert set(images.ARCHIVED) == {"base", "operator", "sn", "sl", "ml"}
+    assert set(images.ARCHIVED) == {"base", "operator", "sn", "sl", "ml", "ml-tensorflow", "ml-transformers"}
 
 
 def test_stale_archives_are_other_hashes_of_the_same_name(tmp_path: Path) -> None:

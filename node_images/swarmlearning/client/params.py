@@ -1,16 +1,30 @@
 """SwarmCallback parameters: names and defaults of HPE's callback plus ours, validated up front.
 
-Every check raises ``ValueError`` naming the parameter and what is allowed, so a typo fails at
-construction time and not after an hour of training. No torch import here: pure logic.
+Parsing is as lenient as HPE's client where that is harmless (integers given as strings, merge and
+check-in names in any case, ``totalEpochs=None``, HPE-only keywords such as ``mlPlatform``), and strict
+where a wrong value would cost a training run: every check raises :class:`SwarmParameterError` (a
+``SwarmError`` as HPE raises, and a ``ValueError``) naming the parameter and what is allowed, at
+construction time and not after an hour of training. No framework import here: pure logic.
 """
 
 from __future__ import annotations
 
+import difflib
 import logging
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+
+class SwarmError(RuntimeError):
+    """The swarm could not do what the script asked (bad parameter, below quorum, SL unreachable …);
+    the name scripts written for HPE Swarm Learning catch."""
+
+
+class SwarmParameterError(SwarmError, ValueError):
+    """A callback parameter out of its allowed range; the message names it and the range."""
+
 
 CHECKIN_MODES = ("snapshot", "active", "inactive")
 """``checkinModelOnTrainEnd`` values: contribute the final local weights / resubmit the merged weights /
@@ -72,6 +86,14 @@ class SwarmParams:
 
 
 _ALLOWED = set(SwarmParams.__dataclass_fields__) | {"model"}
+HPE_ONLY: dict[str, str] = {
+    "mlPlatform": "HPE's platform switch; the module imported (pyt, tf, hf_transformers) decides here",
+    "ml_platform": "HPE's platform switch; the module imported (pyt, tf, hf_transformers) decides here",
+    "tf": "HPE's TensorFlow-1 graph mode, which this project does not support (use Keras)",
+    "sess": "HPE's TensorFlow-1 graph mode, which this project does not support (use Keras)",
+    "hfMode": "only the Hugging Face callback (swarmlearning.hf_transformers) uses it",
+}
+"""Parameters HPE's client takes that mean nothing to this callback: accepted with a warning."""
 # Same rule as the ledger's contract names, checked here so a bad name fails before training starts.
 _CONTRACT_RE = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$")
 
@@ -104,30 +126,38 @@ def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
             continue
         if kind is bool:
             if raw.strip().lower() not in ("true", "false", "1", "0", "yes", "no"):
-                raise ValueError(f"{var} (sets {param}) must be true or false, got {raw!r}")
+                raise SwarmParameterError(f"{var} (sets {param}) must be true or false, got {raw!r}")
             out[param] = raw.strip().lower() in ("true", "1", "yes")
             continue
         try:
             out[param] = kind(raw)
         except ValueError as exc:
-            raise ValueError(f"{var} (sets {param}) must be a {kind.__name__}, got {raw!r}") from exc
+            raise SwarmParameterError(f"{var} (sets {param}) must be a {kind.__name__}, got {raw!r}") from exc
     return out
 
 
 def _int(name: str, value: object, low: int, high: int | None = None) -> int:
-    # bool is an int subclass; True as a peer count is a bug, not a 1.
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{name} must be an integer {_range(low, high)}, got {value!r}")
-    if value < low or (high is not None and value > high):
-        raise ValueError(f"{name} must be {_range(low, high)}, got {value}")
-    return value
+    """An integer in range; like HPE's client, ``"128"`` and ``128.0`` count as 128. ``True`` as a peer
+    count is a bug, not a 1, and ``2.5`` is not an integer."""
+    number: int | None = None
+    if isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    elif (isinstance(value, float) and value.is_integer()) or (
+        isinstance(value, str) and re.fullmatch(r"\s*[-+]?\d+\s*", value)
+    ):
+        number = int(value)
+    if number is None:
+        raise SwarmParameterError(f"{name} must be an integer {_range(low, high)}, got {value!r}")
+    if number < low or (high is not None and number > high):
+        raise SwarmParameterError(f"{name} must be {_range(low, high)}, got {number}")
+    return number
 
 
 def _num(name: str, value: object, low: float, high: float) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ValueError(f"{name} must be a number between {low} and {high}, got {value!r}")
+        raise SwarmParameterError(f"{name} must be a number between {low} and {high}, got {value!r}")
     if not low <= float(value) <= high:
-        raise ValueError(f"{name} must be between {low} and {high}, got {value}")
+        raise SwarmParameterError(f"{name} must be between {low} and {high}, got {value}")
     return float(value)
 
 
@@ -136,65 +166,83 @@ def _range(low: int, high: int | None) -> str:
 
 
 def _choice(name: str, value: object, allowed: tuple[str, ...]) -> str:
-    if value not in allowed:
-        raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
-    return str(value)
+    """One of ``allowed``, in any case (HPE lower-cases merge methods: ``"MEAN"`` is ``"mean"``)."""
+    if not isinstance(value, str) or value.strip().lower() not in allowed:
+        raise SwarmParameterError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
+    return value.strip().lower()
 
 
 def _kwargs(name: str, value: object) -> dict[str, Any] | None:
     if value is None:
         return None
     if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
-        raise ValueError(f"{name} must be a dict of keyword arguments (str keys) or None, got {value!r}")
+        raise SwarmParameterError(
+            f"{name} must be a dict of keyword arguments (str keys) or None, got {value!r}"
+        )
     return dict(value)
+
+
+def ignored_parameters(kw: Mapping[str, Any], accepted: set[str] = frozenset()) -> dict[str, str]:  # type: ignore[assignment]
+    """Keyword arguments this callback does not use, each with why: HPE-only ones (``mlPlatform``,
+    ``tf``, ``sess`` …) and unknown ones (a likely misspelling is named). ``accepted``: extra names
+    a platform's callback takes itself (``hfMode`` for Hugging Face)."""
+    known = _ALLOWED | set(accepted)
+    out: dict[str, str] = {}
+    for name in sorted(set(kw) - known):
+        if name in HPE_ONLY:
+            out[name] = HPE_ONLY[name]
+            continue
+        close = difflib.get_close_matches(name, sorted(known), n=1)
+        out[name] = "unknown parameter" + (f" (did you mean {close[0]}?)" if close else "")
+    return out
 
 
 def validate_params(syncFrequency: object, minPeers: object, **kw: Any) -> SwarmParams:  # noqa: N803
     """Check every parameter and return them as ``SwarmParams``.
 
-    ``model``, if present in ``kw``, is ignored here (the callback checks its type).
+    ``model``, if present in ``kw``, is ignored here (the callback checks its type), and so are the
+    names :func:`ignored_parameters` lists (the callback warns about them).
     """
-    unknown = sorted(set(kw) - _ALLOWED)
-    if unknown:
-        raise ValueError(
-            f"unknown SwarmCallback parameter(s) {', '.join(unknown)}; allowed: {', '.join(sorted(_ALLOWED))}"
-        )
+    kw = {k: v for k, v in kw.items() if k in _ALLOWED}
     kw.pop("model", None)
     sync = _int("syncFrequency", syncFrequency, 1)
     peers = _int("minPeers", minPeers, 1)
     contract = kw.get("trainingContract", DEFAULT_CONTRACT)
     if not isinstance(contract, str) or not _CONTRACT_RE.match(contract):
-        raise ValueError(
+        raise SwarmParameterError(
             "trainingContract must be 1-63 lowercase letters, digits, '.', '_' or '-', starting and ending "
             f"with a letter or digit, got {contract!r}"
         )
     adaptive = kw.get("useAdaptiveSync", False)
     if not isinstance(adaptive, bool):
-        raise ValueError(f"useAdaptiveSync must be True or False, got {adaptive!r}")
+        raise SwarmParameterError(f"useAdaptiveSync must be True or False, got {adaptive!r}")
     val_data = kw.get("adsValData")
-    if val_data is not None and not hasattr(val_data, "__iter__"):
-        raise ValueError(
-            "adsValData must be a torch DataLoader, a Dataset, or an iterable of (inputs, targets) batches"
+    if val_data is not None and not (hasattr(val_data, "__iter__") or hasattr(val_data, "__getitem__")):
+        raise SwarmParameterError(
+            "adsValData must be validation data: a torch DataLoader or Dataset, an (x, y) tuple or a "
+            "tf.data.Dataset (Keras), or an iterable of (inputs, targets) batches"
         )
     if adaptive and val_data is None:
-        raise ValueError("useAdaptiveSync=True needs adsValData (validation data to watch the loss on)")
+        raise SwarmParameterError(
+            "useAdaptiveSync=True needs adsValData (validation data to watch the loss on)"
+        )
     val_bs = kw.get("adsValBatchSize")
     if val_bs is not None:
-        _int("adsValBatchSize", val_bs, 1)
+        val_bs = _int("adsValBatchSize", val_bs, 1)
     max_peers = _int("maxPeers", kw.get("maxPeers", 0), 0)
     if max_peers and max_peers < peers:
-        raise ValueError(f"maxPeers must be 0 (no limit) or >= minPeers ({peers}), got {max_peers}")
+        raise SwarmParameterError(f"maxPeers must be 0 (no limit) or >= minPeers ({peers}), got {max_peers}")
     loss = kw.get("lossFunction")
     if loss is not None and (not isinstance(loss, str) or not loss):
-        raise ValueError(
+        raise SwarmParameterError(
             f"lossFunction must be the name of a torch.nn loss (e.g. 'CrossEntropyLoss'), got {loss!r}"
         )
     metric = kw.get("metricFunction")
     if metric is not None and (not isinstance(metric, str) or not metric):
-        raise ValueError(f"metricFunction must be a metric name (e.g. 'Accuracy'), got {metric!r}")
+        raise SwarmParameterError(f"metricFunction must be a metric name (e.g. 'Accuracy'), got {metric!r}")
     logger = kw.get("logger")
     if logger is not None and not isinstance(logger, logging.Logger):
-        raise ValueError(f"logger must be a logging.Logger or None, got {logger!r}")
+        raise SwarmParameterError(f"logger must be a logging.Logger or None, got {logger!r}")
     full_wait = _num("fullQuorumWaitSeconds", kw.get("fullQuorumWaitSeconds", 30.0), 0, 3600)
     leader_timeout = _num(
         "leaderFailureTimeoutSeconds", kw.get("leaderFailureTimeoutSeconds", 600.0), 5, 86400
@@ -212,7 +260,7 @@ def validate_params(syncFrequency: object, minPeers: object, **kw: Any) -> Swarm
         ),
         nodeWeightage=_int("nodeWeightage", kw.get("nodeWeightage", 1), 1, 100),
         mergeMethod=_choice("mergeMethod", kw.get("mergeMethod", "mean"), MERGE_METHODS),
-        totalEpochs=_int("totalEpochs", kw.get("totalEpochs", 0), 0),
+        totalEpochs=_int("totalEpochs", kw.get("totalEpochs") or 0, 0),  # None: unknown, as in HPE
         lossFunction=loss,
         lossFunctionArgs=_kwargs("lossFunctionArgs", kw.get("lossFunctionArgs")),
         metricFunction=metric,

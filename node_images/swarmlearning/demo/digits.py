@@ -23,41 +23,15 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from swarmlearning.local.datasets import Shard, partition
+from swarmlearning.demo.data import env_int, site_data
+from swarmlearning.local.datasets import Shard
 from swarmlearning.pyt import SwarmCallback
 
 log = logging.getLogger("swarmlearning.demo.digits")
 
-SKEW = 0.85
-"""Share of each class kept by its primary site (label skew), as in examples/local/digits/swarm.yaml."""
-TEST_FRACTION = 0.25
-VAL_FRACTION = 0.15
-SPLIT_SEED = 0
-
-
 def build_model() -> nn.Module:
     """A small MLP over the 64 pixels (about 9k parameters); `swarmctl model fetch` output loads into it."""
     return nn.Sequential(nn.Linear(64, 96), nn.ReLU(), nn.Linear(96, 10))
-
-
-def site_data(data_dir: Path, index: int, count: int) -> tuple[Shard, Shard, Shard | None]:
-    """(train, val, test): the mounted files when present, else this site's share of the bundled set."""
-    if (data_dir / "train.npz").is_file():
-        train = Shard.load(data_dir / "train.npz")
-        val_path = data_dir / "val.npz"
-        val = Shard.load(val_path) if val_path.is_file() else train
-        test_path = data_dir / "test.npz"
-        return train, val, Shard.load(test_path) if test_path.is_file() else None
-    if not 0 <= index < count:
-        raise ValueError(
-            f"SWARM_PEER_INDEX must be in 0..{count - 1} (SWARM_PEER_COUNT={count}), got {index}"
-        )
-    parts = partition(
-        "digits", count, split="label_skew", skew=SKEW, test_fraction=TEST_FRACTION, seed=SPLIT_SEED
-    )
-    shard = parts.nodes[index]
-    n_val = int(round(len(shard.y) * VAL_FRACTION))
-    return Shard(shard.x[n_val:], shard.y[n_val:]), Shard(shard.x[:n_val], shard.y[:n_val]), parts.test
 
 
 def dataset(shard: Shard) -> TensorDataset:
@@ -72,20 +46,12 @@ def accuracy(model: nn.Module, shard: Shard) -> float:
     return float(np.mean(pred == shard.y))
 
 
-def _env_int(name: str, default: int) -> int:
-    raw = os.environ.get(name, "")
-    try:
-        return int(raw) if raw.strip() else default
-    except ValueError:
-        raise SystemExit(f"{name} must be an integer, got {raw!r}") from None
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--data-dir", type=Path, default=Path(os.environ.get("SWARM_DATA_DIR", "/data")))
-    parser.add_argument("--epochs", type=int, default=_env_int("SWARM_TOTAL_EPOCHS", 15), help="(1-1000)")
+    parser.add_argument("--epochs", type=int, default=env_int("SWARM_TOTAL_EPOCHS", 15), help="(1-1000)")
     parser.add_argument("--batch-size", type=int, default=32, help="(1-4096)")
     parser.add_argument("--lr", type=float, default=0.1, help="SGD learning rate (0-10)")
     parser.add_argument("--seed", type=int, default=0)
@@ -102,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     torch.set_num_threads(1)
     torch.manual_seed(args.seed)
-    index, count = _env_int("SWARM_PEER_INDEX", 0), _env_int("SWARM_PEER_COUNT", 1)
+    index, count = env_int("SWARM_PEER_INDEX", 0), env_int("SWARM_PEER_COUNT", 1)
     train, val, test = site_data(args.data_dir, index, count)
     log.info("site %d of %d: %d training and %d validation samples", index, count, len(train.y), len(val.y))
 

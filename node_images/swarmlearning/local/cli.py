@@ -110,8 +110,8 @@ def run_example(
         own = d / "out" / "local-model.safetensors"
         if own.exists():
             shutil.copyfile(own, run_dir / "local-models" / f"{n}.safetensors")
-            local_last[n] = report.accuracy(report.model_from_file(example, own), test)
-    swarm_acc = report.accuracy(report.model_from_file(example, first), test)
+            local_last[n] = report.accuracy(report.model_from_file(example, own), test, example)
+    swarm_acc = report.accuracy(report.model_from_file(example, first), test, example)
     emit(">>> training the baselines: local-only per node and central on pooled data")
     baselines = report.train_baselines(config, example, node_data, test)
     report.write_metrics_csv(rows, run_dir / "metrics.csv")
@@ -159,10 +159,34 @@ def _cmd_run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, signal.default_int_handler)  # also when started with SIGINT ignored
     # The table and progress lines are the output; library INFO logs go to the run's log files.
     logging.getLogger().setLevel(logging.DEBUG if getattr(args, "verbose", False) else logging.WARNING)
+    emit = lambda s: print(s, flush=True)  # noqa: E731
+    passthrough = list(getattr(args, "passthrough", []))
     try:
-        result = run_example(
-            args.example, nodes=args.nodes, out=args.out, seed=args.seed, emit=lambda s: print(s, flush=True)
+        if (args.script is None) == (args.example is None):
+            raise ConfigError("give an example folder, or --script PATH with --data, not both")
+        if args.script is None:
+            if passthrough or args.data or args.min_peers or args.epochs or args.sync_frequency:
+                raise ConfigError(
+                    "--data, --min-peers, --epochs, --sync-frequency and -- ARGS go with --script"
+                )
+            result = run_example(args.example, nodes=args.nodes, out=args.out, seed=args.seed, emit=emit)
+            return 0 if result.ledger_ok and result.final_models_identical else 1
+        from swarmlearning.local.script import run_script
+
+        outcome = run_script(
+            args.script,
+            args.data or [],
+            nodes=args.nodes,
+            min_peers=args.min_peers,
+            max_epochs=args.epochs,
+            sync_frequency=args.sync_frequency,
+            merge_method=args.merge_method,
+            script_args=passthrough,
+            out=args.out,
+            timeout=args.timeout,
+            emit=emit,
         )
+        return 0 if outcome.ledger_ok and outcome.final_models_identical else 1
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -172,7 +196,6 @@ def _cmd_run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("interrupted: every process of the run was stopped", file=sys.stderr)
         return 130
-    return 0 if result.ledger_ok and result.final_models_identical else 1
 
 
 def register(subparsers: Any) -> None:
@@ -182,11 +205,33 @@ def register(subparsers: Any) -> None:
         help="run a swarm locally: SN, SL and ML nodes as processes on loopback",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Your own script: swarmctl run --script train.py --data site-1/ --data site-2/ [-- ARGS]",
     )
-    p.add_argument("example", help="example folder with swarm.yaml and train.py, e.g. examples/local/digits")
+    p.add_argument(
+        "example", nargs="?", help="example folder with swarm.yaml and train.py, e.g. examples/local/digits"
+    )
     p.add_argument("--nodes", type=int, default=None, help="number of nodes (default: the example's)")
     p.add_argument(
         "--seed", type=int, default=None, help="data split and training seed (default: the example's)"
     )
     p.add_argument("--out", default=None, help="run folder (default runs/<example>-<timestamp>)")
+    own = p.add_argument_group(
+        "your own script (HPE Swarm Learning scripts run unchanged)",
+        "Each node runs `python SCRIPT ARGS` with DATA_DIR (its --data folder), MODEL_DIR, SCRATCH_DIR, "
+        "MIN_PEERS, MAX_EPOCHS (with --epochs) and NODE_ID set, as an HPE ML container has them.",
+    )
+    own.add_argument("--script", default=None, help="the training script (python file)")
+    own.add_argument(
+        "--data",
+        action="append",
+        default=None,
+        help="a node's data folder, once per node; or one folder with --nodes N: its first N subfolders",
+    )
+    own.add_argument("--min-peers", type=int, default=None, help="MIN_PEERS (default: every node)")
+    own.add_argument("--epochs", type=int, default=None, help="MAX_EPOCHS for the script")
+    own.add_argument("--sync-frequency", type=int, default=None, help="override the script's syncFrequency")
+    own.add_argument("--merge-method", default=None, help="override the script's mergeMethod")
+    own.add_argument(
+        "--timeout", type=float, default=3600.0, help="stop everything after this many seconds (3600)"
+    )
     p.set_defaults(func=_cmd_run)

@@ -104,6 +104,8 @@ def partition(
             n_primary = round(len(idx) * skew) if nodes > 1 else len(idx)
             per_node[primary].append(idx[:n_primary])
             others = [k for k in range(nodes) if k != primary]
+            if not others:  # one node holds everything
+                continue
             for k, chunk in zip(others, np.array_split(idx[n_primary:], len(others)), strict=False):
                 per_node[k].append(chunk)
     shards = []

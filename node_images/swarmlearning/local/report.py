@@ -19,7 +19,14 @@ from swarmlearning.local.datasets import Shard
 
 
 def load_example(config: RunConfig) -> ModuleType:
-    """Import the example's train.py as a module (for ``build_model``, ``load_split`` and ``fit``)."""
+    """Import the example's train.py as a module, for the baselines and the report.
+
+    It must define ``build_model()``, ``load_split(path)`` and ``fit(model, data, epochs=, batch_size=,
+    lr=, seed=)``. A script that is not a plain PyTorch module also defines (all optional, PyTorch
+    defaults otherwise): ``load_model(path)`` (a model with the weights of a ``model.safetensors`` its
+    callback wrote), ``predict(model, x)`` (class ids for the rows of ``x``) and ``pool(datasets)``
+    (the data sets of all nodes as one, for the central reference).
+    """
     spec = importlib.util.spec_from_file_location(f"swarm_example_{config.name}", config.script)
     if spec is None or spec.loader is None:
         raise ImportError(f"cannot import {config.script}")
@@ -31,16 +38,21 @@ def load_example(config: RunConfig) -> ModuleType:
     return module
 
 
-def accuracy(model: torch.nn.Module, shard: Shard) -> float:
-    """Share of correctly classified samples (argmax of the outputs)."""
+def accuracy(model: Any, shard: Shard, example: ModuleType | None = None) -> float:
+    """Share of correctly classified samples (the example's ``predict``, else argmax of the outputs)."""
+    if example is not None and hasattr(example, "predict"):
+        pred = np.asarray(example.predict(model, shard.x)).reshape(-1)
+        return float((pred == shard.y).mean())
     model.eval()
     with torch.no_grad():
         out = model(torch.from_numpy(shard.x).float())
-    pred = out.argmax(dim=1) if out.dim() > 1 and out.shape[1] > 1 else (out.reshape(-1) > 0).long()
-    return float((pred.numpy() == shard.y).mean())
+    pred_t = out.argmax(dim=1) if out.dim() > 1 and out.shape[1] > 1 else (out.reshape(-1) > 0).long()
+    return float((pred_t.numpy() == shard.y).mean())
 
 
-def model_from_file(example: ModuleType, path: Path) -> torch.nn.Module:
+def model_from_file(example: ModuleType, path: Path) -> Any:
+    if hasattr(example, "load_model"):
+        return example.load_model(path)
     from safetensors.torch import load_file
 
     model = example.build_model()
@@ -74,10 +86,10 @@ def train_baselines(
         ds = example.load_split(folder / "train.npz")
         datasets.append(ds)
         torch.manual_seed(config.seed)
-        local[name] = accuracy(example.fit(example.build_model(), ds, **kwargs), test)
-    pooled: torch.utils.data.Dataset[Any] = torch.utils.data.ConcatDataset(datasets)
+        local[name] = accuracy(example.fit(example.build_model(), ds, **kwargs), test, example)
+    pooled = example.pool(datasets) if hasattr(example, "pool") else torch.utils.data.ConcatDataset(datasets)
     torch.manual_seed(config.seed)
-    central = accuracy(example.fit(example.build_model(), pooled, **kwargs), test)
+    central = accuracy(example.fit(example.build_model(), pooled, **kwargs), test, example)
     return Baselines(local, central)
 
 

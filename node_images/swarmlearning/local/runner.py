@@ -126,6 +126,8 @@ class Node:
     sl: Proc | None = None
     ml: Proc | None = None
     starts: int = 0
+    data: Path | None = None
+    """The node's data folder when it is not ``<folder>/data`` (a user's own, for ``--script``)."""
 
     @property
     def socket_path(self) -> Path:
@@ -147,7 +149,7 @@ class Node:
 
     @property
     def data_dir(self) -> Path:
-        return self.folder / "data"
+        return self.data if self.data is not None else self.folder / "data"
 
 
 @dataclass
@@ -200,25 +202,35 @@ class LocalSwarm:
 
     def prepare(self) -> None:
         """Certificates for every identity and the data split."""
-        (self.run_dir / "logs").mkdir(parents=True, exist_ok=True)
-        pki.create_ca(self.ca_dir, "swarm-local-ca")
-        pki.issue_node_cert(self.ca_dir, self.admin_cert_dir, ADMIN, ORG, "admin")
-        pki.issue_node_cert(self.ca_dir, self.run_dir / "pki" / SN_NAME, SN_NAME, ORG, "sn")
+        self.prepare_identities()
         cfg = self.config
         parts = cfg.partition()
         self.n_classes = parts.n_classes
         (self.run_dir / "data").mkdir(exist_ok=True)
         parts.test.save(self.run_dir / "data" / "test.npz")
         for i, name in enumerate(cfg.node_names()):
-            folder = self.run_dir / "nodes" / name
-            node = Node(name, folder, self.run_dir / "pki" / name)
-            pki.issue_node_cert(self.ca_dir, node.cert_dir, name, f"org-{i + 1}", "sl")
+            node = self.add_node(i, name)
             node.data_dir.mkdir(parents=True, exist_ok=True)
             shard = parts.nodes[i]
             n_val = int(round(len(shard.y) * cfg.val_fraction))
             Shard(shard.x[n_val:], shard.y[n_val:]).save(node.data_dir / "train.npz")
             Shard(shard.x[:n_val], shard.y[:n_val]).save(node.data_dir / "val.npz")
-            self.nodes[name] = node
+
+    def prepare_identities(self) -> None:
+        """The run's folders, CA, admin and SN certificates."""
+        (self.run_dir / "logs").mkdir(parents=True, exist_ok=True)
+        pki.create_ca(self.ca_dir, "swarm-local-ca")
+        pki.issue_node_cert(self.ca_dir, self.admin_cert_dir, ADMIN, ORG, "admin")
+        pki.issue_node_cert(self.ca_dir, self.run_dir / "pki" / SN_NAME, SN_NAME, ORG, "sn")
+
+    def add_node(self, index: int, name: str, data: Path | None = None) -> Node:
+        """Node ``name`` (the ``index``-th, its own organisation) with its certificate; ``data``: its
+        data folder when it is not the run's own split (``<node folder>/data``)."""
+        node = Node(name, self.run_dir / "nodes" / name, self.run_dir / "pki" / name, data=data)
+        pki.issue_node_cert(self.ca_dir, node.cert_dir, name, f"org-{index + 1}", "sl")
+        node.folder.mkdir(parents=True, exist_ok=True)
+        self.nodes[name] = node
+        return node
 
     def start_sn(self) -> None:
         from swarmlearning.sn import SNConfig, SNNode

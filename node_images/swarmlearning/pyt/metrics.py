@@ -12,13 +12,15 @@ from typing import Any
 
 import torch
 
+from swarmlearning.client.params import SwarmParameterError
+
 MetricFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def make_loss(name: str, args: dict[str, Any] | None) -> torch.nn.Module:
     cls = getattr(torch.nn, name, None)
     if not (isinstance(cls, type) and issubclass(cls, torch.nn.Module) and name.endswith("Loss")):
-        raise ValueError(
+        raise SwarmParameterError(
             f"lossFunction must name a torch.nn loss class such as CrossEntropyLoss, got {name!r}"
         )
     return cls(**(args or {}))
@@ -60,11 +62,12 @@ def make_metric(name: str, args: dict[str, Any] | None) -> MetricFn:
         return builtin
     try:
         import torchmetrics
+
+        cls = getattr(torchmetrics, name, None)
     except ImportError:
-        torchmetrics = None
-    cls = getattr(torchmetrics, name, None) if torchmetrics is not None else None
+        cls = None
     if cls is None:
-        raise ValueError(
+        raise SwarmParameterError(
             f"metricFunction {name!r} is unknown; built in: Accuracy, MulticlassAccuracy, BinaryAccuracy, "
             "MeanSquaredError, MeanAbsoluteError (others need torchmetrics installed)"
         )
@@ -78,7 +81,8 @@ def evaluate(
     loss_fn: torch.nn.Module | None,
     metric_fn: MetricFn | None,
 ) -> tuple[float | None, float | None]:
-    """Mean loss and metric of ``model`` over ``data`` (iterable of ``(inputs, targets)`` batches)."""
+    """Mean loss (per sample, whatever the loss's ``reduction``) and metric of ``model`` over ``data``
+    (an iterable of ``(inputs, targets)`` batches)."""
     was_training = model.training
     model.eval()
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
@@ -92,6 +96,15 @@ def evaluate(
     if not outs:
         return None, None
     outputs, targets = torch.cat(outs), torch.cat(tgts)
-    loss = float(loss_fn(outputs, targets)) if loss_fn is not None else None
+    loss = _mean_loss(loss_fn, outputs, targets) if loss_fn is not None else None
     metric = float(metric_fn(outputs, targets)) if metric_fn is not None else None
     return loss, metric
+
+
+def _mean_loss(loss_fn: torch.nn.Module, outputs: torch.Tensor, targets: torch.Tensor) -> float:
+    """The loss as a mean over samples: ``reduction='sum'`` is divided by their number and
+    ``reduction='none'`` averaged, so the figure does not grow with the validation set."""
+    value = loss_fn(outputs, targets)
+    if getattr(loss_fn, "reduction", "mean") == "sum":
+        return float(value) / max(1, len(targets))
+    return float(value.float().mean())

@@ -16,6 +16,8 @@ from ..specs import NodeSpec, ObjectRef, TaskSpec
 from . import common
 
 SL_MODEL_DIR = "/swarm/models"
+SCRATCH_DIR = "/swarm/scratch"
+"""The ML container's writable scratch folder (an emptyDir; HPE's ``SCRATCH_DIR``)."""
 """The SL container's model archive: ``swarm-output/<task>/sl-models`` of the site's data volume."""
 OUTPUT_SUBDIR = "swarm-output"
 """Directory, inside each site's data volume, holding one sub-directory per task's merged model."""
@@ -106,6 +108,21 @@ def sync_env(
     }
 
 
+def hpe_ml_env(spec: TaskSpec, peer: Peer) -> dict[str, Any]:
+    """The variables HPE's ML containers get, which its users' scripts read (``os.getenv('DATA_DIR')``
+    …): the site's data, the model output folder, a scratch folder, the epochs and the quorum size."""
+    env: dict[str, Any] = {
+        "DATA_DIR": peer.spec.data.mount_path,
+        "MODEL_DIR": spec.model_output_path,
+        "SCRATCH_DIR": SCRATCH_DIR,
+        "MIN_PEERS": spec.sync.min_peers,
+        "NODE_ID": peer.ref.name,
+    }
+    if spec.total_epochs:
+        env["MAX_EPOCHS"] = spec.total_epochs
+    return env
+
+
 def ml_resources(spec: TaskSpec, peer: Peer) -> dict[str, Any]:
     """ML resources: the task's, else the LearningNode's; GPUs as limits of the node's resource name."""
     resources = copy.deepcopy(spec.resources if spec.resources is not None else peer.spec.resources)
@@ -177,13 +194,16 @@ def task_pod(
         "name": "ml",
         "image": spec.image or peer.spec.ml_image,
         "imagePullPolicy": peer.spec.image_pull_policy,
-        "env": common.env({"HOME": "/tmp", **env}) + downward + common.env(dict(spec.env)),
+        "env": common.env({"HOME": "/tmp", **hpe_ml_env(spec, peer), **env})
+        + downward
+        + common.env(dict(spec.env)),
         # A failed program's log tail becomes its termination message: the task's Failed condition quotes it.
         "terminationMessagePolicy": "FallbackToLogsOnError",
         "securityContext": common.container_security_context(),
         "volumeMounts": [
             channel_mount,
             tmp_mount,
+            {"name": "scratch", "mountPath": SCRATCH_DIR},
             {"name": "data", "mountPath": peer.spec.data.mount_path, "readOnly": peer.spec.data.read_only},
             {"name": "data", "mountPath": spec.model_output_path, "subPath": output_subpath(task.name)},
         ],
@@ -210,6 +230,7 @@ def task_pod(
         "volumes": [
             {"name": "channel", "emptyDir": {}},
             {"name": "tmp", "emptyDir": {}},
+            {"name": "scratch", "emptyDir": {}},
             {
                 "name": "tls",
                 "secret": {"secretName": names.identity_secret(peer.ref.name), "defaultMode": 0o440},
