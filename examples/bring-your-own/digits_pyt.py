@@ -38,7 +38,8 @@ def doTrainBatch(model, trainLoader, optimizer, epoch, swarmCallback):
         loss.backward()
         optimizer.step()
         if batchIdx % 20 == 0:
-            print(f"Train Epoch: {epoch} [{batchIdx * len(data)}/{len(trainLoader.dataset)}] Loss: {loss.item():.6f}")
+            seen = batchIdx * len(data)
+            print(f"Train Epoch: {epoch} [{seen}/{len(trainLoader.dataset)}] Loss: {loss.item():.6f}")
         if swarmCallback is not None:
             swarmCallback.on_batch_end()
 
@@ -75,7 +76,8 @@ def main():
         doTrainBatch(model, trainLoader, opt, epoch, swarmCallback)
         swarmCallback.on_epoch_end(epoch)
     swarmCallback.on_train_end()
-    print(f"epochs completed: {swarmCallback.epochsCompleted}, swarm training over: {swarmCallback.isSwarmTrainingOver}")
+    over = swarmCallback.isSwarmTrainingOver
+    print(f"epochs completed: {swarmCallback.epochsCompleted}, swarm training over: {over}")
     os.makedirs(scratchDir, exist_ok=True)
     os.makedirs(modelDir, exist_ok=True)
     torch.save(model.state_dict(), os.path.join(modelDir, "digits_pyt.pt"))

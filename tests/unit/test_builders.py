@@ -274,7 +274,8 @@ def test_task_pod_env_carries_sync_parameters() -> None:
     assert senv["SWARM_SL_ADVERTISE_HOST"] == "site-a-sl.ns1.svc"
     assert senv["SWARM_CERT_DIR"] == "/etc/swarm/tls"
     # HPE's ML-container conventions, for scripts that read them (os.getenv("DATA_DIR") ...); ML only.
-    assert (env["DATA_DIR"], env["MODEL_DIR"], env["SCRATCH_DIR"]) == ("/data", "/data/swarm-output", "/swarm/scratch")
+    assert (env["DATA_DIR"], env["MODEL_DIR"]) == ("/data", "/data/swarm-output")
+    assert env["SCRATCH_DIR"] == "/swarm/scratch"
     assert (env["MAX_EPOCHS"], env["MIN_PEERS"], env["NODE_ID"]) == ("4", "2", "site-a")
     assert "DATA_DIR" not in senv and "MAX_EPOCHS" not in senv
     assert {"name": "scratch", "mountPath": "/swarm/scratch"} in ml["volumeMounts"]

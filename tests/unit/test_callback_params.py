@@ -6,8 +6,8 @@ import logging
 
 import pytest
 import torch
-from swarmlearning.pyt import SwarmCallback, SwarmError
 from swarmlearning.client.adaptive import MAX_FACTOR, next_sync_interval
+from swarmlearning.pyt import SwarmCallback, SwarmError
 from swarmlearning.pyt.metrics import make_metric
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -239,7 +239,8 @@ def test_the_callbacks_console_output_is_visible_without_logging_setup(tmp_path)
         "cb.on_train_begin(); cb.on_epoch_end(); cb.on_train_end()\n"
     )
     env = {"SWARM_LOOPBACK": "True", "PATH": "/usr/bin:/bin"}
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
+    argv = [sys.executable, "-c", script]
+    done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 0, done.stderr
     lines = [line for line in done.stdout.splitlines() if "SwarmCallback (PYTORCH)" in line]
     assert len(lines) == 1 and "swarmlearning.pyt : INFO" in lines[0], done.stdout

@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
+
 from swarmlearning.client.adaptive import next_sync_interval
 from swarmlearning.client.params import (
     SwarmError,
