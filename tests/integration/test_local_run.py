@@ -14,6 +14,8 @@ import pytest
 from swarmlearning.local.config import ConfigError, load_config
 
 ROOT = Path(__file__).resolve().parents[2]
+OWN_TESTS = {"digits", "digits-keras", "digits-transformers"}
+"""Examples with a module of their own: test_swarm.py, test_keras_swarm.py, test_hf_swarm.py."""
 EXAMPLES = sorted(p for p in (ROOT / "examples" / "local").iterdir() if (p / "swarm.yaml").is_file())
 SWARMCTL = [sys.executable, "-m", "swarmlearning.cli.swarmctl"]
 
@@ -44,9 +46,9 @@ def test_example_list_is_complete() -> None:
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("example", [p for p in EXAMPLES if p.name != "digits"], ids=lambda p: p.name)
+@pytest.mark.parametrize("example", [p for p in EXAMPLES if p.name not in OWN_TESTS], ids=lambda p: p.name)
 def test_example_runs_with_swarmctl(example: Path, tmp_path: Path) -> None:
-    """Every example except digits (test_swarm.py runs that one against its accuracy target)."""
+    """Every example without a test of its own (those run it against their accuracy targets)."""
     out = tmp_path / "run"
     proc = subprocess.run(
         [*SWARMCTL, "run", str(example), "--out", str(out)], capture_output=True, text=True, timeout=600
