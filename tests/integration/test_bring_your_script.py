@@ -84,3 +84,20 @@ def test_script_and_example_are_exclusive(tmp_path: Path) -> None:
     assert done.returncode == 2 and "not both" in done.stderr
     missing = _run([*SWARMCTL, "run", "--script", str(tmp_path / "nope.py"), "--data", str(tmp_path)], 60)
     assert missing.returncode == 2 and "no such file" in missing.stderr
+
+
+def test_a_keras_script_runs_with_the_same_command(data: Path, tmp_path: Path) -> None:
+    """The Keras example's script, given flags after ``--``; its SwarmCallback is a Keras callback, so
+    model.fit calls every hook itself (on_train_end included: the final model lands in MODEL_DIR)."""
+    run = tmp_path / "run"
+    script = ROOT / "examples" / "local" / "digits-keras" / "train.py"
+    done = _run(
+        [*SWARMCTL, "run", "--script", str(script), "--data", str(data), "--nodes", "2", "--out", str(run),
+         "--", "--epochs", "2"],
+        600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "final merged model identical on every node: yes" in done.stdout
+    log = (run / "logs" / "node-1-ml.log").read_text()
+    assert "SwarmCallback (KERAS)" in log and "totalEpochs=2" in log, log[-3000:]
+    assert "Final Swarm model was loaded." in log
