@@ -420,8 +420,9 @@ class SwarmCallbackBase(abc.ABC):
                 reply = self._exchange(frame, per_frame)
                 break
             except (ChannelError, ConnectionError) as exc:
-                # A timeout is the SL node's answer taking too long; anything else means it went away.
-                if isinstance(exc.__cause__, TimeoutError) or frame.header.get("op") == "hello":
+                # A timeout is the SL node's answer taking too long; anything else means it went away
+                # (also during the first hello: an ML process restarted just before its SL node was).
+                if isinstance(exc.__cause__, TimeoutError):
                     raise SwarmError(f"swarm sync failed: {exc}") from exc
                 self._reconnect(exc, deadline)
         if not reply.header.get("ok"):
