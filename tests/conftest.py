@@ -23,6 +23,12 @@ from tests.testbed import Binaries, Cluster, TestbedError, testbed_cluster
 # gRPC's C core logs every refused TLS handshake at INFO (tests refuse foreign certificates on purpose).
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
+# TensorFlow and triton (torch's compiler, which transformers' Trainer imports) both register LLVM
+# options; in one process triton must come first or it aborts ("LLVM ERROR: inconsistency in registered
+# CommandLine options"). The Keras and Hugging Face tests share a session, in any order.
+with contextlib.suppress(ImportError):
+    import triton  # noqa: F401
+
 TEST_KINDS = ("unit", "integration", "cluster", "e2e")
 # Seconds to wait for a fresh namespace's `default` service account (pods are rejected until it exists).
 NAMESPACE_READY_TIMEOUT = 60.0

@@ -190,6 +190,10 @@ class SwarmCallbackBase(abc.ABC):
         """Validation (mean loss, metric) of the current model; (None, None) without validation data."""
         return None, None
 
+    def _metric_name(self) -> str:
+        """What the metric of :meth:`_evaluate` is called in the console output."""
+        return self.params.metricFunction or "metric"
+
     # ---------------- HPE's attributes ----------------
 
     @property
@@ -275,7 +279,7 @@ class SwarmCallbackBase(abc.ABC):
                 self.epochsCompleted,
                 f" of {self.totalEpochs}" if self.totalEpochs else "",
                 _fmt(loss),
-                self.params.metricFunction or "metric",
+                self._metric_name(),
                 _fmt(metric),
             )
         self._record("epoch", loss=loss, metric=metric)

@@ -192,7 +192,12 @@ class SwarmCallback(keras.callbacks.Callback, SwarmCallbackBase):
                 variable.assign(value)
             if training is not None:
                 model.train(training)
+        self._metric_key = next((k for k in logs if k != "loss" and not k.endswith("_loss")), None)
         return loss_and_metric(logs)
+
+    def _metric_name(self) -> str:
+        """The first compiled metric (``accuracy`` …), as ``model.evaluate`` names it."""
+        return getattr(self, "_metric_key", None) or super()._metric_name()
 
     def _stop_if_over(self) -> None:
         model = self._require_model()
