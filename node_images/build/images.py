@@ -147,8 +147,10 @@ SPECS: dict[str, ImageSpec] = {
             ),
         ),
         ImageSpec(
+            # Kept in buildah's storage only (docs/images.md: export): an archive would repeat the 6 GB of
+            # torch layers a third time, and no test pod runs it.
             "ml-transformers", "node_images/Dockerfile.ml-transformers", "torch-base",
-            ("torch", "transformers"), project=True,
+            ("torch", "transformers"), project=True, archive=False,
             smoke=(
                 ("python", "-c", "import peft, transformers; from swarmlearning.hf_transformers import "
                  "SwarmCallback"),
@@ -158,7 +160,9 @@ SPECS: dict[str, ImageSpec] = {
     )
 }  # fmt: skip
 ARCHIVED = tuple(n for n, s in SPECS.items() if s.archive)
-"""The images of images.json: base, operator, sn, sl, ml, ml-tensorflow, ml-transformers."""
+"""The images of images.json: base, operator, sn, sl, ml, ml-tensorflow."""
+DEFAULT = (*ARCHIVED, "ml-transformers")
+"""What `make images` builds (and `--only` may name): the archived images and ml-transformers."""
 
 
 # ------------------------------------------------------------------------------------------- pure parts
@@ -570,15 +574,15 @@ class Builder:
         if spec.archive:
             path = self.cache / archive_name(spec.name, digest)
             tmp = path.with_suffix(".tar.tmp")
-            tmp.unlink(missing_ok=True)
+            # Older archives go first: the torch images' are 6 GB each, and the disk has to hold the new one.
+            for stale in stale_archives(self.cache, spec.name, path.name):
+                say(f"{spec.name}: pruning {stale.name}")
+                stale.unlink()
             self.write_archive(storage_ref, tmp, ref, log)
             tmp.replace(path)
             image_id, archive = archive_image_id(path), str(path)
             # The archive must read back as an image (what `ctr images import` and `kind load` take).
             run(["skopeo", "inspect", "--raw", f"docker-archive:{path}"])
-            for stale in stale_archives(self.cache, spec.name, path.name):
-                say(f"{spec.name}: pruning {stale.name}")
-                stale.unlink()
         self.prune_storage(ref, storage_id)
         entry = Entry(spec.name, digest, ref, image_id, storage_ref, archive)
         self.state[spec.name] = entry
@@ -802,8 +806,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="images", description=__doc__.split("\n", 1)[0] if __doc__ else None)
     ap.add_argument("what", nargs="?", choices=("build", "wheels"), default="build",
                     help="build: the images (default); wheels: only fill the wheelhouse")
-    ap.add_argument("--only", nargs="+", choices=ARCHIVED, metavar="NAME",
-                    help=f"build only these images (and what they are built FROM): {', '.join(ARCHIVED)}")
+    ap.add_argument("--only", nargs="+", choices=DEFAULT, metavar="NAME",
+                    help=f"build only these images (and what they are built FROM): {', '.join(DEFAULT)}")
     ap.add_argument("--dry-run", action="store_true", help="only say what is out of date; build nothing")
     ap.add_argument("--force", action="store_true",
                     help="rebuild the images asked for even when their inputs are unchanged (what they are"
@@ -814,7 +818,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         check_python()
         cache.mkdir(parents=True, exist_ok=True)
-        wanted = tuple(args.only or ARCHIVED)
+        wanted = tuple(args.only or DEFAULT)
         b = Builder(cache.resolve(), chart_app_version(), force=frozenset(wanted if args.force else ()),
                     dry_run=args.dry_run)
         with cache_lock(b.cache):

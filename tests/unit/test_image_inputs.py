@@ -106,7 +106,8 @@ def test_manifest_lists_archived_images_only() -> None:
     assert images.manifest(entries) == {
         "images": {"sl": {"ref": "swarmlearning/sl:0.1.0", "archive": "/c/sl-0123.tar", "id": "sha256:aa"}}
     }
-    assert set(images.ARCHIVED) == {"base", "operator", "sn", "sl", "ml", "ml-tensorflow", "ml-transformers"}
+    assert set(images.ARCHIVED) == {"base", "operator", "sn", "sl", "ml", "ml-tensorflow"}
+    assert set(images.DEFAULT) == set(images.ARCHIVED) | {"ml-transformers"}
 
 
 def test_stale_archives_are_other_hashes_of_the_same_name(tmp_path: Path) -> None:
