@@ -10,10 +10,8 @@ run folder (see :mod:`swarmlearning.local.runner`) plus ``model.safetensors``, `
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
-import shutil
 import signal
 import sys
 import time
@@ -23,7 +21,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from swarmlearning.local.config import ConfigError, load_config
-from swarmlearning.local.runner import LocalSwarm, RunError, tail
+from swarmlearning.local.runner import LocalSwarm, RunError
 
 
 @dataclass(frozen=True)
@@ -72,46 +70,19 @@ def run_example(
         for name, node in swarm.nodes.items():
             counts = Shard.load(node.data_dir / "train.npz").class_counts(swarm.n_classes)
             emit(f"    {name}: {sum(counts)} training samples, per class {counts}")
-        swarm.start_all()
-        emit(
-            f">>> SN at {','.join(swarm.sn_endpoints)}; {config.nodes} SL and {config.nodes} ML processes "
-            f"started (logs in {run_dir / 'logs'})"
-        )
-        codes = swarm.wait_ml(on_tick=lambda: progress.update(swarm.metrics()), fail_fast=True)
-        progress.update(swarm.metrics(), final=True)
-        failed = {n: c for n, c in codes.items() if c != 0}
-        if failed:
-            name = sorted(failed)[0]
-            raise RunError(
-                f"ML process of {name} exited with code {failed[name]}:\n"
-                f"{tail(run_dir / 'logs' / f'{name}-ml.log', 15)}"
-            )
-        snapshot = swarm.ledger_snapshot()
-        rows = swarm.metrics()
-        node_dirs = {n: node.folder for n, node in swarm.nodes.items()}
+        snapshot, rows = swarm.run_to_end(emit, progress)
+        out_dirs = {n: node.out_dir for n, node in swarm.nodes.items()}
         node_data = {n: node.data_dir for n, node in swarm.nodes.items()}
-    (run_dir / "ledger.json").write_text(json.dumps(snapshot.to_json(), indent=1, sort_keys=True))
-    ca_pem = (run_dir / "pki" / "ca" / "ca.crt").read_bytes()
-    verdict = snapshot.verify(ca_pem)
-    (run_dir / "ledger-verify.txt").write_text(verdict.message() + "\n")
+    verdict = report.save_ledger(run_dir, snapshot)
 
     example = report.load_example(config)
     test = Shard.load(run_dir / "data" / "test.npz")
-    finals = {n: d / "out" / "model.safetensors" for n, d in node_dirs.items()}
-    missing = [n for n, p in finals.items() if not p.exists()]
-    if missing:
-        raise RunError(f"nodes {', '.join(missing)} wrote no final model (SWARM_MODEL_OUTPUT)")
-    digests = {hashlib.sha256(p.read_bytes()).hexdigest() for p in finals.values()}
-    first = finals[sorted(finals)[0]]
-    shutil.copyfile(first, run_dir / "model.safetensors")
-    (run_dir / "local-models").mkdir(exist_ok=True)
-    local_last: dict[str, float] = {}
-    for n, d in node_dirs.items():
-        own = d / "out" / "local-model.safetensors"
-        if own.exists():
-            shutil.copyfile(own, run_dir / "local-models" / f"{n}.safetensors")
-            local_last[n] = report.accuracy(report.model_from_file(example, own), test, example)
-    swarm_acc = report.accuracy(report.model_from_file(example, first), test, example)
+    identical, local_models = report.collect_models(run_dir, out_dirs, " (SWARM_MODEL_OUTPUT)")
+    local_last = {
+        n: report.accuracy(report.model_from_file(example, own), test, example)
+        for n, own in local_models.items()
+    }
+    swarm_acc = report.accuracy(report.model_from_file(example, run_dir / "model.safetensors"), test, example)
     emit(">>> training the baselines: local-only per node and central on pooled data")
     baselines = report.train_baselines(config, example, node_data, test)
     report.write_metrics_csv(rows, run_dir / "metrics.csv")
@@ -128,7 +99,7 @@ def run_example(
         central_accuracy=baselines.central,
         local_only=dict(baselines.local_only),
         local_last=local_last,
-        final_models_identical=len(digests) == 1,
+        final_models_identical=identical,
         ledger_ok=verdict.ok,
         ledger_message=verdict.message(),
         rounds=rounds,

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import importlib.util
+import json
 import math
+import shutil
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,6 +94,37 @@ def train_baselines(
     torch.manual_seed(config.seed)
     central = accuracy(example.fit(example.build_model(), pooled, **kwargs), test, example)
     return Baselines(local, central)
+
+
+def save_ledger(run_dir: Path, snapshot: Any) -> Any:
+    """Write ``ledger.json`` and the audit ``ledger-verify.txt`` against the run's CA; returns the verdict."""
+    (run_dir / "ledger.json").write_text(json.dumps(snapshot.to_json(), indent=1, sort_keys=True))
+    verdict = snapshot.verify((run_dir / "pki" / "ca" / "ca.crt").read_bytes())
+    (run_dir / "ledger-verify.txt").write_text(verdict.message() + "\n")
+    return verdict
+
+
+def collect_models(
+    run_dir: Path, out_dirs: Mapping[str, Path], missing_hint: str
+) -> tuple[bool, dict[str, Path]]:
+    """Copy the first node's final ``model.safetensors`` to the run folder and each node's
+    ``local-model.safetensors`` to ``local-models/``; RunError (with ``missing_hint``) when a node wrote
+    no final model. Returns whether every node's final model is the same, and the copied local models."""
+    from swarmlearning.local.runner import RunError
+
+    finals = {n: d / "model.safetensors" for n, d in out_dirs.items()}
+    missing = sorted(n for n, p in finals.items() if not p.exists())
+    if missing:
+        raise RunError(f"nodes {', '.join(missing)} wrote no final model{missing_hint}")
+    digests = {hashlib.sha256(p.read_bytes()).hexdigest() for p in finals.values()}
+    shutil.copyfile(finals[sorted(finals)[0]], run_dir / "model.safetensors")
+    (run_dir / "local-models").mkdir(exist_ok=True)
+    local: dict[str, Path] = {}
+    for n, d in out_dirs.items():
+        if (d / "local-model.safetensors").exists():
+            local[n] = run_dir / "local-models" / f"{n}.safetensors"
+            shutil.copyfile(d / "local-model.safetensors", local[n])
+    return len(digests) == 1, local
 
 
 class Progress:

@@ -429,6 +429,25 @@ class LocalSwarm:
                 )
             time.sleep(0.25)
 
+    def run_to_end(self, emit: Any, progress: Any) -> tuple[Any, list[dict[str, Any]]]:
+        """Start everything, wait for every ML process (``progress.update`` with the metric rows
+        meanwhile) and raise RunError quoting the first that failed; returns the ledger snapshot and the
+        nodes' metric rows. Call after :meth:`prepare`."""
+        self.start_all()
+        emit(
+            f">>> SN at {','.join(self.sn_endpoints)}; {len(self.nodes)} SL and {len(self.nodes)} ML "
+            f"processes started (logs in {self.run_dir / 'logs'})"
+        )
+        codes = self.wait_ml(on_tick=lambda: progress.update(self.metrics()), fail_fast=True)
+        progress.update(self.metrics(), final=True)
+        failed = sorted(n for n, c in codes.items() if c != 0)
+        if failed:
+            raise RunError(
+                f"ML process of {failed[0]} exited with code {codes[failed[0]]}:\n"
+                f"{tail(self.run_dir / 'logs' / f'{failed[0]}-ml.log', 15)}"
+            )
+        return self.ledger_snapshot(), self.metrics()
+
     def metrics(self) -> list[dict[str, Any]]:
         rows: list[dict[str, Any]] = []
         for node in self.nodes.values():

@@ -13,9 +13,7 @@ the same final model, and the ledger check.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import shutil
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -24,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from swarmlearning.local.config import MAX_NODES, ConfigError, RunConfig
-from swarmlearning.local.runner import LocalSwarm, RunError, tail
+from swarmlearning.local.runner import LocalSwarm, RunError
 
 ENV_FLAGS: dict[str, str] = {
     "sync_frequency": "SWARM_SYNC_FREQUENCY",
@@ -140,46 +138,21 @@ def run_script(
         swarm.prepare()
         for name, node in swarm.nodes.items():
             emit(f"    {name}: DATA_DIR {node.data_dir}")
-        swarm.start_all()
-        emit(
-            f">>> SN at {','.join(swarm.sn_endpoints)}; {n} SL and {n} ML processes started "
-            f"(logs in {run_dir / 'logs'})"
-        )
-        codes = swarm.wait_ml(on_tick=lambda: progress.update(swarm.metrics()), fail_fast=True)
-        progress.update(swarm.metrics(), final=True)
-        failed = {k: c for k, c in codes.items() if c != 0}
-        if failed:
-            first = sorted(failed)[0]
-            raise RunError(
-                f"ML process of {first} exited with code {failed[first]}:\n"
-                f"{tail(run_dir / 'logs' / f'{first}-ml.log', 15)}"
-            )
-        snapshot = swarm.ledger_snapshot()
-        rows = swarm.metrics()
+        snapshot, rows = swarm.run_to_end(emit, progress)
         outs = {k: node.out_dir for k, node in swarm.nodes.items()}
-    (run_dir / "ledger.json").write_text(json.dumps(snapshot.to_json(), indent=1, sort_keys=True))
-    verdict = snapshot.verify((run_dir / "pki" / "ca" / "ca.crt").read_bytes())
-    (run_dir / "ledger-verify.txt").write_text(verdict.message() + "\n")
-    finals = {k: d / "model.safetensors" for k, d in outs.items()}
-    missing = sorted(k for k, p in finals.items() if not p.exists())
-    if missing:
-        raise RunError(
-            f"nodes {', '.join(missing)} wrote no final model: does the script call the callback's "
-            "on_train_end (Keras and Hugging Face do so themselves)?"
-        )
-    digests = {hashlib.sha256(p.read_bytes()).hexdigest() for p in finals.values()}
-    shutil.copyfile(finals[sorted(finals)[0]], run_dir / "model.safetensors")
-    (run_dir / "local-models").mkdir(exist_ok=True)
-    for k, d in outs.items():
-        if (d / "local-model.safetensors").exists():
-            shutil.copyfile(d / "local-model.safetensors", run_dir / "local-models" / f"{k}.safetensors")
+    verdict = report.save_ledger(run_dir, snapshot)
+    identical, _ = report.collect_models(
+        run_dir,
+        outs,
+        ": does the script call the callback's on_train_end (Keras and Hugging Face do so themselves)?",
+    )
     ends = {str(r["node"]): r for r in rows if r.get("event") == "end"}
     rounds = max((int(r["round"]) for r in rows if r.get("round") is not None), default=0)
     report.write_metrics_csv(rows, run_dir / "metrics.csv")
     report.plot_curves(rows, run_dir / "curves.png", f"{path.name}: {n} nodes")
     result = ScriptResult(
         run_dir=str(run_dir),
-        final_models_identical=len(digests) == 1,
+        final_models_identical=identical,
         ledger_ok=verdict.ok,
         ledger_message=verdict.message(),
         rounds=rounds,
