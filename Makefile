@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # Test-bed binaries (Kubernetes, etcd, kwok, helm) are built once into a versioned cache outside the repo.
 export SWARM_TESTBED_CACHE ?= $(HOME)/.cache/swarm-learning/testbed
 
-.PHONY: demo test test-unit test-integration test-e2e test-cluster lint testbed cluster-up cluster-down bench clean venv sync-crds images wheels chaos fuzz
+.PHONY: demo test test-unit test-integration test-e2e test-cluster lint testbed browser cluster-up cluster-down bench clean venv sync-crds images wheels chaos fuzz
 
 venv: $(STAMP)
 $(STAMP): pyproject.toml
@@ -27,7 +27,16 @@ demo: venv
 testbed:
 	@bash tests/testbed/build.sh
 
-test: venv testbed images lint
+# The console's browser test (tests/integration/test_console_browser.py) drives Debian's Chromium headless.
+browser:
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then \
+	  echo ">>> Chromium and chromedriver present (for the console's browser test)"; \
+	else \
+	  echo ">>> Installing chromium and chromium-driver with apt-get (for the console's browser test)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; \
+	fi
+
+test: venv testbed images browser lint
 	@echo ">>> Running every test (unit, integration with real etcd and processes, cluster with a real control plane, e2e on a real node)"
 	$(VENV)/bin/pytest
 
@@ -38,7 +47,7 @@ test-e2e: venv testbed images
 test-unit: venv
 	$(VENV)/bin/pytest -m unit
 
-test-integration: venv
+test-integration: venv browser
 	$(VENV)/bin/pytest -m integration
 
 # Run the cluster tests against the cluster in $KUBECONFIG (kind, k3d, a real one) instead of the test bed.

@@ -1,4 +1,4 @@
-"""Builds the operator, SN, SL and ML images offline (`make images`): no registry, no network in the build.
+"""Builds the operator, SN, console, SL and ML images offline (`make images`): no registry, no network.
 
     python node_images/build/images.py [--only NAME ...] [--force]     (run by the venv's Python)
     python node_images/build/images.py wheels                          (only the wheelhouse)
@@ -125,10 +125,24 @@ SPECS: dict[str, ImageSpec] = {
                 SMOKE_NO_PIP,
             ),
         ),
+        ImageSpec(
+            # swarm-console: REST API and web UI; the torch-free ledger/pki/etcd modules and the weights
+            # channel client only.
+            "console", "node_images/Dockerfile.console", "base", ("console",), project=True,
+            smoke=(
+                ("swarm-console", "--help"),
+                ("python", "-c", SMOKE_NO_TORCH.format(mod="swarmlearning.console.main")),
+                ("sh", "-c", "! python -c 'import torch' 2>/dev/null"),
+                SMOKE_NO_PIP,
+            ),
+        ),
         ImageSpec("torch-base", "node_images/Dockerfile.torch", "base", ("torch",), archive=False,
                   smoke=(("python", "-c", "import numpy, safetensors, sklearn, torch; torch.ones(2)"),)),
         ImageSpec("sl", "node_images/Dockerfile.sl", "torch-base", ("torch", "node"), project=True,
-                  smoke=(("python", "-m", "swarmlearning.sl", "--help"), SMOKE_NO_PIP)),
+                  smoke=(("python", "-m", "swarmlearning.sl", "--help"),
+                         # --help stops before the node's own imports (metrics, peers, merge) are loaded
+                         ("python", "-c", "import swarmlearning.sl.node, swarmlearning.sl.metrics"),
+                         SMOKE_NO_PIP)),
         ImageSpec(
             "ml", "node_images/Dockerfile.ml", "torch-base", ("torch", "node", "ml-torch"), project=True,
             smoke=(
@@ -160,7 +174,7 @@ SPECS: dict[str, ImageSpec] = {
     )
 }  # fmt: skip
 ARCHIVED = tuple(n for n, s in SPECS.items() if s.archive)
-"""The images of images.json: base, operator, sn, sl, ml, ml-tensorflow."""
+"""The images of images.json: base, operator, sn, console, sl, ml, ml-tensorflow."""
 DEFAULT = (*ARCHIVED, "ml-transformers")
 """What `make images` builds (and `--only` may name): the archived images and ml-transformers."""
 

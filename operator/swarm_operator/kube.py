@@ -157,10 +157,11 @@ class Kube:
         children can be checked before any of them is created.
         """
         meta = obj["metadata"]
+        ns = meta.get("namespace", "")  # "" for cluster-scoped kinds
         return self.request(
             "POST",
-            _path(obj["kind"], meta["namespace"]),
-            f"create {obj['kind']} {meta['namespace']}/{meta.get('name', '')}",
+            _path(obj["kind"], ns),
+            f"create {obj['kind']} {ns}/{meta.get('name', '')}",
             body=dict(obj),
             query={"dryRun": "All"} if dry_run else None,
         )
@@ -168,14 +169,15 @@ class Kube:
     def ensure(self, obj: Mapping[str, Any]) -> tuple[Obj, bool]:
         """Create `obj` unless an object of that name exists; returns (object, created)."""
         meta = obj["metadata"]
-        existing = self.get(obj["kind"], meta["namespace"], meta["name"])
+        ns = meta.get("namespace", "")  # "" for cluster-scoped kinds
+        existing = self.get(obj["kind"], ns, meta["name"])
         if existing is not None:
             return existing, False
         try:
             return self.create(obj), True
         except Conflict:
             # Lost a race with another reconcile of the same owner: the object is there now.
-            again = self.get(obj["kind"], meta["namespace"], meta["name"])
+            again = self.get(obj["kind"], ns, meta["name"])
             if again is None:
                 raise
             return again, False
@@ -285,11 +287,25 @@ _PLURALS = {
     "Secret": "secrets",
     "PersistentVolumeClaim": "persistentvolumeclaims",
     "Event": "events",
+    "ServiceAccount": "serviceaccounts",
 }
+_GROUPED = {
+    "Deployment": ("/apis/apps/v1", "deployments"),
+    "RoleBinding": ("/apis/rbac.authorization.k8s.io/v1", "rolebindings"),
+}
+_CLUSTER_SCOPED = {"ClusterRoleBinding": ("/apis/rbac.authorization.k8s.io/v1", "clusterrolebindings")}
+"""Cluster-scoped kinds: their namespace argument is ignored (pass "")."""
 
 
 def _path(kind: str, namespace: str, name: str | None = None) -> str:
-    base = f"/api/v1/namespaces/{namespace}/{_PLURALS[kind]}"
+    if kind in _CLUSTER_SCOPED:
+        prefix, plural = _CLUSTER_SCOPED[kind]
+        base = f"{prefix}/{plural}"
+    elif kind in _GROUPED:
+        prefix, plural = _GROUPED[kind]
+        base = f"{prefix}/namespaces/{namespace}/{plural}"
+    else:
+        base = f"/api/v1/namespaces/{namespace}/{_PLURALS[kind]}"
     return f"{base}/{name}" if name else base
 
 

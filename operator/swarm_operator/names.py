@@ -44,6 +44,7 @@ L_ATTEMPT = f"{GROUP}/attempt"
 COMPONENT_SN = "sn"
 COMPONENT_SL = "sl"
 COMPONENT_TASK = "task-peer"
+COMPONENT_CONSOLE = "console"
 
 # Mount points inside node containers (the node images expect them).
 TLS_DIR = "/etc/swarm/tls"
@@ -79,6 +80,32 @@ def sn_tls_secret(network: str, ordinal: int) -> str:
 
 def rest_service(network: str) -> str:
     return f"{network}-rest"
+
+
+def console(network: str) -> str:
+    """Deployment, ServiceAccount, RoleBinding and certificate CN (etcd user) of a network's console."""
+    return f"{network}-console"
+
+
+def console_tls_secret(network: str) -> str:
+    """The console's identity: a certificate of the swarm CA (role `operator`) for TLS, etcd and SL."""
+    return f"{network}-console-tls"
+
+
+def console_cluster_binding(namespace: str, network: str) -> str:
+    """The ClusterRoleBinding granting one console TokenReview/SubjectAccessReview (cluster-scoped APIs)."""
+    return f"swarm-learning-console:{namespace}:{network}"
+
+
+CONSOLE_ROLE = "swarm-learning-console"
+"""ClusterRole (chart) bound per namespace by a RoleBinding: reading the three custom resources and
+LocalSubjectAccessReviews in the network's namespace."""
+CONSOLE_REVIEWS_ROLE = "swarm-learning-console-reviews"
+"""ClusterRole (chart) bound by a ClusterRoleBinding: creating TokenReviews and SubjectAccessReviews,
+which are cluster-scoped, so no RoleBinding can grant them."""
+A_CONSOLE_OWNER = f"{GROUP}/owner"
+"""Annotation `<namespace>/<name>/<uid>` of the network on its cluster-scoped ClusterRoleBinding (no owner
+reference can point from a cluster-scoped object to a namespaced one)."""
 
 
 def ca_secret(network: str, configured: str | None = None) -> str:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import kopf
@@ -28,6 +30,33 @@ class OperatorConfig:
     """Liveness endpoint port (/healthz); 0 disables."""
     verbose: bool = False
     """Debug logging, including one line per Kopf handler run."""
+
+
+PULL_POLICIES = ("Always", "IfNotPresent", "Never")
+
+
+class SettingError(ValueError):
+    """An operator setting (environment variable) is out of range; the message names it."""
+
+
+@dataclass(frozen=True)
+class ConsoleImage:
+    """Image of the swarm console Deployments (`spec.rest.enabled`), from the chart's environment:
+    $SWARM_CONSOLE_IMAGE (default `swarmlearning/console:0.1.0`) and $SWARM_CONSOLE_IMAGE_PULL_POLICY
+    (Always, IfNotPresent or Never; default IfNotPresent)."""
+
+    image: str = "swarmlearning/console:0.1.0"
+    pull_policy: str = "IfNotPresent"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> ConsoleImage:
+        env = os.environ if environ is None else environ
+        policy = env.get("SWARM_CONSOLE_IMAGE_PULL_POLICY") or cls.pull_policy
+        if policy not in PULL_POLICIES:
+            raise SettingError(
+                f"SWARM_CONSOLE_IMAGE_PULL_POLICY must be one of {', '.join(PULL_POLICIES)}, got {policy!r}"
+            )
+        return cls(image=env.get("SWARM_CONSOLE_IMAGE") or cls.image, pull_policy=policy)
 
 
 def apply(settings: kopf.OperatorSettings, config: OperatorConfig) -> None:

@@ -48,12 +48,39 @@ def pod_spec(objs: list[Any]) -> dict[str, Any]:
     return spec
 
 
+CONSOLE_ROLES = (
+    "swarm-learning-console",
+    "swarm-learning-console-reviews",
+    "swarm-learning-console-viewer",
+    "swarm-learning-model-reader",
+)
+"""ClusterRoles the chart installs for the swarm consoles and their users (docs/console.md), not for the
+operator."""
+
+
 def all_rules(objs: list[Any]) -> list[dict[str, Any]]:
-    return [rule for o in objs if o["kind"] in ("ClusterRole", "Role") for rule in o["rules"]]
+    """The rules of the operator's own (Cluster)Roles."""
+    return [
+        rule
+        for o in objs
+        if o["kind"] in ("ClusterRole", "Role") and o["metadata"]["name"] not in CONSOLE_ROLES
+        for rule in o["rules"]
+    ]
+
+
+def grants(role: dict[str, Any]) -> set[tuple[str, str, str]]:
+    return {
+        (g, r, v)
+        for rule in role["rules"]
+        for g in rule["apiGroups"]
+        for r in rule["resources"]
+        for v in rule["verbs"]
+    }
 
 
 def test_helm_lint(cluster: Cluster) -> None:
-    for values in ([], ["serviceMonitor.enabled=true", "watchNamespaces={team-a,team-b}"]):
+    on = ["serviceMonitor.enabled=true", "slMetrics.podMonitor.enabled=true", "grafanaDashboard.enabled=true"]
+    for values in ([], [*on, "watchNamespaces={team-a,team-b}"]):
         sets = [arg for value in values for arg in ("--set", value)]
         result = cluster.helm(
             "lint", "--strict", "--kube-version", KUBE_VERSION, str(CHART), *sets, check=False
@@ -68,6 +95,7 @@ def test_default_render(cluster: Cluster) -> None:
     assert kinds == sorted(
         ["ServiceAccount", "ClusterRole", "ClusterRole", "ClusterRoleBinding", "ClusterRoleBinding"]
         + ["Service", "Deployment"]
+        + ["ClusterRole"] * len(CONSOLE_ROLES)
     )
     deployment = one(objs, "Deployment")
     assert deployment["spec"]["replicas"] == 1
@@ -82,6 +110,8 @@ def test_default_render(cluster: Cluster) -> None:
     assert env["SWARM_SN_IMAGE"] == "swarmlearning/sn:0.1.0"
     assert env["SWARM_SL_IMAGE"] == "swarmlearning/sl:0.1.0"
     assert env["SWARM_ML_IMAGE"] == "swarmlearning/ml:0.1.0"
+    assert env["SWARM_CONSOLE_IMAGE"] == "swarmlearning/console:0.1.0"
+    assert env["SWARM_CONSOLE_IMAGE_PULL_POLICY"] == "IfNotPresent"
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports == {"metrics": 8080, "health": 8081}
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
@@ -142,6 +172,14 @@ def test_rbac_is_least_privilege(cluster: Cluster) -> None:
         for verb in rule["verbs"]
     }
     assert not [g for g in granted if "*" in g], "wildcards in RBAC rules"
+    # `bind` only on the console's two roles, by name (else the operator could bind any role).
+    (bind,) = [r for r in rules if "bind" in r["verbs"]]
+    assert bind == {
+        "apiGroups": ["rbac.authorization.k8s.io"],
+        "resources": ["clusterroles"],
+        "verbs": ["bind"],
+        "resourceNames": ["swarm-learning-console", "swarm-learning-console-reviews"],
+    }
     expected = set()
     for kind in ("swarmnetworks", "learningnodes", "swarmtasks"):
         expected |= {("swarmlearning.dev", kind, v) for v in ("get", "list", "watch", "patch", "update")}
@@ -156,6 +194,13 @@ def test_rbac_is_least_privilege(cluster: Cluster) -> None:
     expected |= {("", "events", "create"), ("", "events", "patch")}
     expected |= {("apiextensions.k8s.io", "customresourcedefinitions", v) for v in ("get", "list", "watch")}
     expected |= {("", "namespaces", "list"), ("", "namespaces", "watch")}
+    # The consoles (spec.rest.enabled): Deployment, ServiceAccount, its RoleBinding and ClusterRoleBinding.
+    expected |= {("apps", "deployments", v) for v in ("get", "list", "watch", "create", "patch", "delete")}
+    expected |= {("", "serviceaccounts", v) for v in ("get", "list", "create", "delete")}
+    rbac = "rbac.authorization.k8s.io"
+    expected |= {(rbac, "rolebindings", v) for v in ("get", "list", "create", "delete")}
+    expected |= {(rbac, "clusterrolebindings", v) for v in ("get", "list", "create", "patch", "delete")}
+    expected |= {(rbac, "clusterroles", "bind")}
     assert granted == expected, (
         f"missing: {sorted(expected - granted)}; not needed: {sorted(granted - expected)}"
     )
@@ -218,12 +263,55 @@ def test_watch_namespaces_render_roles(cluster: Cluster) -> None:
         "team-a",
         "team-b",
     ]
-    # The only cluster-wide grant left is what Kopf needs to scan (CRDs, namespaces).
-    (cluster_role,) = [o for o in objs if o["kind"] == "ClusterRole"]
+    # The only cluster-wide grants left are what Kopf needs to scan (CRDs, namespaces) and the consoles'
+    # ClusterRoleBindings (TokenReview and SubjectAccessReview are cluster-scoped).
+    (cluster_role,) = [
+        o for o in objs if o["kind"] == "ClusterRole" and o["metadata"]["name"] not in CONSOLE_ROLES
+    ]
     assert {r for rule in cluster_role["rules"] for r in rule["resources"]} == {
         "customresourcedefinitions",
         "namespaces",
+        "clusterrolebindings",
+        "clusterroles",
     }
+
+
+def test_console_roles_grant_exactly_the_documented_rights(cluster: Cluster) -> None:
+    objs = render(cluster)
+    role = {n: grants(one(objs, "ClusterRole", n)) for n in CONSOLE_ROLES}
+    sl = "swarmlearning.dev"
+    assert role["swarm-learning-console-reviews"] == {
+        ("authentication.k8s.io", "tokenreviews", "create"),
+        ("authorization.k8s.io", "subjectaccessreviews", "create"),
+    }
+    assert role["swarm-learning-console"] == {
+        (sl, kind, v)
+        for kind in ("swarmnetworks", "learningnodes", "swarmtasks")
+        for v in ("get", "list", "watch")
+    }
+    assert role["swarm-learning-console-viewer"] == {(sl, "swarmnetworks", "get")}
+    assert role["swarm-learning-model-reader"] == {
+        (sl, "swarmnetworks", "get"),
+        (sl, "swarmtasks/model", "get"),
+    }
+    # A second release in the same cluster leaves the fixed-name roles to the first.
+    names = {
+        o["metadata"]["name"]
+        for o in render(cluster, "rbac.consoleRoles=false")
+        if o["kind"] == "ClusterRole"
+    }
+    assert not names & set(CONSOLE_ROLES) and len(names) == 2
+
+
+def test_console_image_values(cluster: Cluster) -> None:
+    (container,) = pod_spec(
+        render(
+            cluster, "images.console.repository=registry.local/console", "images.console.pullPolicy=Always"
+        )
+    )["containers"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["SWARM_CONSOLE_IMAGE"] == "registry.local/console:0.1.0"
+    assert env["SWARM_CONSOLE_IMAGE_PULL_POLICY"] == "Always"
 
 
 @pytest.mark.parametrize(
@@ -233,7 +321,10 @@ def test_watch_namespaces_render_roles(cluster: Cluster) -> None:
         ("logLevel=warning", "logLevel"),
         ("metrics.port=70000", "metrics/port"),
         ("images.operator.pullPolicy=Sometimes", "images/operator/pullPolicy"),
+        ("images.console.pullPolicy=Sometimes", "images/console/pullPolicy"),
         ("watchNamespaces={Team_A}", "watchNamespaces"),
+        ("slMetrics.podMonitor.interval=30", "slMetrics/podMonitor/interval"),
+        ("grafanaDashboard.labelValue=not ok", "grafanaDashboard/labelValue"),
     ],
 )
 def test_bad_values_are_rejected_naming_the_value(cluster: Cluster, value: str, named: str) -> None:
@@ -325,10 +416,26 @@ def test_install_and_uninstall(cluster: Cluster, crds: tuple[str, ...], namespac
         assert not can_i(cluster, service_account, "create", "pods/exec", namespace)
         assert not can_i(cluster, service_account, "create", "leases.coordination.k8s.io", namespace)
         assert not can_i(cluster, service_account, "delete", "nodes", "")
+        # The consoles' bindings: only to the console roles.
+        assert can_i(cluster, service_account, "create", "clusterrolebindings.rbac.authorization.k8s.io", "")
+        assert can_i(cluster, service_account, "create", "deployments.apps", namespace)
+        for role, allowed in (("swarm-learning-console-reviews", True), ("cluster-admin", False)):
+            result = cluster.kubectl(
+                "auth",
+                "can-i",
+                "bind",
+                f"clusterroles.rbac.authorization.k8s.io/{role}",
+                f"--as={service_account}",
+                check=False,
+            )
+            assert result.stdout.strip() == ("yes" if allowed else "no"), (role, result.stdout, result.stderr)
     finally:
         cluster.helm("uninstall", release, "-n", namespace, "--wait", "--timeout", "60s", check=False)
     assert not cluster.kubectl(
         "get", "clusterrole", fullname, "--ignore-not-found", "-o", "name"
+    ).stdout.strip()
+    assert not cluster.kubectl(
+        "get", "clusterrole", *CONSOLE_ROLES, "--ignore-not-found", "-o", "name"
     ).stdout.strip()
     assert not cluster.kubectl(
         "get", "deployment", fullname, "-n", namespace, "--ignore-not-found"
@@ -386,3 +493,77 @@ def test_install_with_existing_crds_keeps_them(
         for name in CRD_NAMES
     }
     assert after == before, "helm replaced or removed the CRDs"
+
+
+def test_sl_pod_monitor_selects_the_operators_task_pods(cluster: Cluster) -> None:
+    """The PodMonitor renders only when enabled, selects the SL task pods by the labels the operator
+    really puts on them (built here by swarm_operator.builders.task) and scrapes their `metrics` port."""
+    from swarm_operator.builders import task as tb
+
+    from tests.unit.test_builders import TASK, _containers, _peer, _task
+
+    assert not [o for o in render(cluster) if o["kind"] == "PodMonitor"]
+    objs = render(
+        cluster,
+        "slMetrics.podMonitor.enabled=true",
+        "slMetrics.podMonitor.labels.release=prometheus",
+        "slMetrics.podMonitor.interval=15s",
+    )
+    monitor = one(objs, "PodMonitor")
+    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+    assert monitor["metadata"]["namespace"] == "swarm-system"
+    assert monitor["metadata"]["labels"]["release"] == "prometheus"
+    spec = monitor["spec"]
+    assert spec["namespaceSelector"] == {"any": True}  # the operator watches every namespace
+    pod = tb.task_pod(TASK, _task(), _peer(), 0, ["net-sn.ns1.svc:30304"])
+    assert spec["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
+    # Not the operator's own pod.
+    operator_labels = pod_spec_labels(objs)
+    assert not spec["selector"]["matchLabels"].items() <= operator_labels.items()
+    (endpoint,) = spec["podMetricsEndpoints"]
+    assert (endpoint["port"], endpoint["path"], endpoint["interval"]) == ("metrics", "/metrics", "15s")
+    sl, _ = _containers(pod)
+    ports = {p["name"]: p["containerPort"] for p in sl["ports"]}
+    assert ports["metrics"] == int(
+        {e["name"]: e["value"] for e in sl["env"] if "value" in e}["SWARM_SL_METRICS_PORT"]
+    )
+    assert set(spec["podTargetLabels"]) <= set(pod["metadata"]["labels"])
+    # Watching some namespaces: the PodMonitor looks for task pods there only.
+    scoped = one(
+        render(cluster, "slMetrics.podMonitor.enabled=true", "watchNamespaces={team-a,team-b}"), "PodMonitor"
+    )
+    assert scoped["spec"]["namespaceSelector"] == {"matchNames": ["team-a", "team-b"]}
+
+
+def pod_spec_labels(objs: list[Any]) -> dict[str, str]:
+    labels: dict[str, str] = one(objs, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    return labels
+
+
+def test_grafana_dashboard_config_map_carries_the_dashboard(cluster: Cluster) -> None:
+    assert not [o for o in render(cluster) if o["kind"] == "ConfigMap"]
+    dashboard_file = CHART / "dashboards" / "swarm-training.json"
+    objs = render(cluster, "grafanaDashboard.enabled=true")
+    cm = one(objs, "ConfigMap")
+    assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert cm["metadata"]["namespace"] == "swarm-system"
+    (key,) = cm["data"]
+    dashboard = json.loads(cm["data"][key])
+    assert key == "swarm-training.json"
+    assert dashboard == json.loads(dashboard_file.read_text())
+    assert dashboard["uid"] and len(dashboard["panels"]) >= 9
+    custom = one(
+        render(
+            cluster,
+            "grafanaDashboard.enabled=true",
+            "grafanaDashboard.label=dashboards.example/grafana",
+            "grafanaDashboard.labelValue=swarm",
+            "grafanaDashboard.namespace=monitoring",
+            "grafanaDashboard.annotations.grafana_folder=Swarm Learning",
+        ),
+        "ConfigMap",
+    )
+    assert custom["metadata"]["labels"]["dashboards.example/grafana"] == "swarm"
+    assert "grafana_dashboard" not in custom["metadata"]["labels"]
+    assert custom["metadata"]["namespace"] == "monitoring"
+    assert custom["metadata"]["annotations"] == {"grafana_folder": "Swarm Learning"}

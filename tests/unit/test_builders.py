@@ -123,14 +123,10 @@ def test_sn_services_ports_type_and_headless_discovery() -> None:
     assert "type" not in headless["spec"]
 
 
-def test_rest_service_on_30306() -> None:
+def test_sn_pods_have_no_rest_port_the_console_serves_it() -> None:
     spec = NetworkSpec.parse({"rest": {"enabled": True}})
-    svc = nb.rest_service(NET, spec)
-    valid(svc)
-    assert svc["metadata"]["name"] == "net-rest"
-    assert [(p["name"], p["port"]) for p in svc["spec"]["ports"]] == [("rest", 30306)]
     pod = nb.sn_pod(NET, spec, 0, [])
-    assert ("rest", 30306) in {(p["name"], p["containerPort"]) for p in pod["spec"]["containers"][0]["ports"]}
+    assert {p["name"] for p in pod["spec"]["containers"][0]["ports"]} == {"p2p", "api"}
 
 
 def test_ca_secret_holds_cert_and_key() -> None:
@@ -208,7 +204,9 @@ def test_task_pod_shape_sidecar_channel_and_volumes() -> None:
     sl, ml = _containers(pod)
     assert sl["restartPolicy"] == "Always", "the SL node is a native sidecar of the ML container"
     assert sl["command"] == ["python", "-m", "swarmlearning.sl"]
-    assert [(p["name"], p["containerPort"]) for p in sl["ports"]] == [("sl", 30305)]
+    assert [(p["name"], p["containerPort"]) for p in sl["ports"]] == [("sl", 30305), ("metrics", 9464)]
+    # Prometheus /metrics of the SL node on the port the chart's PodMonitor scrapes by name.
+    assert (_env(sl)["SWARM_SL_METRICS_HOST"], _env(sl)["SWARM_SL_METRICS_PORT"]) == ("0.0.0.0", "9464")
     sl_mounts = {m["name"]: m for m in sl["volumeMounts"]}
     ml_mounts = {m["name"]: m for m in ml["volumeMounts"]}
     # The local channel: one emptyDir, same path in both containers, and the socket path in both envs.

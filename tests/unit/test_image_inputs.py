@@ -77,10 +77,10 @@ def test_closure_names_missing_and_out_of_range_requirements() -> None:
         images.closure(["nothere"], installed)
 
 
-def test_operator_and_sn_closures_carry_no_torch() -> None:
+def test_operator_sn_and_console_closures_carry_no_torch() -> None:
     # The real requirement files against the venv: what the torch-free images install.
     installed = images.venv_installed()
-    for name in ("operator", "sn"):
+    for name in ("operator", "sn", "console"):
         reqs = images.read_requirements(images.REQUIREMENTS / f"{name}.txt")
         pins = images.closure(reqs, installed)
         assert "torch" not in pins and not any(p.startswith("nvidia") for p in pins), name
@@ -106,7 +106,7 @@ def test_manifest_lists_archived_images_only() -> None:
     assert images.manifest(entries) == {
         "images": {"sl": {"ref": "swarmlearning/sl:0.1.0", "archive": "/c/sl-0123.tar", "id": "sha256:aa"}}
     }
-    assert set(images.ARCHIVED) == {"base", "operator", "sn", "sl", "ml", "ml-tensorflow"}
+    assert set(images.ARCHIVED) == {"base", "operator", "sn", "console", "sl", "ml", "ml-tensorflow"}
     assert set(images.DEFAULT) == set(images.ARCHIVED) | {"ml-transformers"}
 
 

@@ -69,6 +69,17 @@ app.kubernetes.io/part-of: swarm-learning
 - apiGroups: [""]
   resources: [events]
   verbs: [create, patch]
+# The console of a SwarmNetwork with spec.rest.enabled: its Deployment, ServiceAccount and the RoleBinding
+# of that ServiceAccount to the ClusterRole swarm-learning-console (bind: rbac.yaml's cluster rules).
+- apiGroups: [""]
+  resources: [serviceaccounts]
+  verbs: [get, list, create, delete]
+- apiGroups: [apps]
+  resources: [deployments]
+  verbs: [get, list, watch, create, patch, delete]
+- apiGroups: [rbac.authorization.k8s.io]
+  resources: [rolebindings]
+  verbs: [get, list, create, delete]
 {{- end }}
 
 {{/* A map of strings (labels, annotations, nodeSelector): values quoted, so `--set key=true` stays a string. */}}

@@ -48,6 +48,7 @@ def run_example(
     nodes: int | None = None,
     out: str | Path | None = None,
     seed: int | None = None,
+    console: bool = False,
     emit: Callable[[str], None] = print,
 ) -> RunResult:
     """Run an example end to end and return its figures (raises RunError/ConfigError)."""
@@ -65,7 +66,7 @@ def run_example(
         f"{f' (skew {config.skew})' if config.split == 'label_skew' else ''}, run folder {run_dir}"
     )
     progress = report.Progress(emit)
-    with LocalSwarm(config, run_dir) as swarm:
+    with LocalSwarm(config, run_dir, console=console) as swarm:
         swarm.prepare()
         for name, node in swarm.nodes.items():
             counts = Shard.load(node.data_dir / "train.npz").class_counts(swarm.n_classes)
@@ -140,7 +141,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
                 raise ConfigError(
                     "--data, --min-peers, --epochs, --sync-frequency and -- ARGS go with --script"
                 )
-            result = run_example(args.example, nodes=args.nodes, out=args.out, seed=args.seed, emit=emit)
+            result = run_example(
+                args.example, nodes=args.nodes, out=args.out, seed=args.seed, console=args.console, emit=emit
+            )
             return 0 if result.ledger_ok and result.final_models_identical else 1
         from swarmlearning.local.script import run_script
 
@@ -155,6 +158,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             script_args=passthrough,
             out=args.out,
             timeout=args.timeout,
+            console=args.console,
             emit=emit,
         )
         return 0 if outcome.ledger_ok and outcome.final_models_identical else 1
@@ -186,6 +190,11 @@ def register(subparsers: Any) -> None:
         "--seed", type=int, default=None, help="data split and training seed (default: the example's)"
     )
     p.add_argument("--out", default=None, help="run folder (default runs/<example>-<timestamp>)")
+    p.add_argument(
+        "--console",
+        action="store_true",
+        help="serve the swarm console (REST API, web UI) on 127.0.0.1 while the run lasts; prints its URL",
+    )
     own = p.add_argument_group(
         "your own script (HPE Swarm Learning scripts run unchanged)",
         "Each node runs `python SCRIPT ARGS` with DATA_DIR (its --data folder), MODEL_DIR, SCRATCH_DIR, "

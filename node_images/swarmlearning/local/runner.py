@@ -11,6 +11,7 @@ Layout of a run folder::
     models/<contract>/           the merged models the SL nodes keep (newest round): a node restarted
                                  after every other one exited still gets the final model from here
     logs/                        sn.log, <node>-sl.log, <node>-ml.log
+    sl-metrics.json              {node: URL of its SL node's Prometheus /metrics} (a free port each)
 
 Every child runs in its own process group; :meth:`LocalSwarm.close` (also on errors and Ctrl-C, through
 the context manager) terminates each group, then kills what is left after a grace period.
@@ -128,6 +129,8 @@ class Node:
     starts: int = 0
     data: Path | None = None
     """The node's data folder when it is not ``<folder>/data`` (a user's own, for ``--script``)."""
+    metrics_url: str = ""
+    """Its SL node's Prometheus ``/metrics`` URL (set when the SL node is started)."""
 
     @property
     def socket_path(self) -> Path:
@@ -175,6 +178,10 @@ class LocalSwarm:
     shared_model_archive: bool = True
     """One merged-model folder for the whole run (as storage the sites share); False: one per site, as
     separate organisations have, so a site missing a model must download it from a peer."""
+    console: bool = False
+    """Also serve the swarm console (local/console.py) from when the SN is up until the run ends."""
+    local_console: Any = None
+    """The running console (a LocalConsole) once started."""
     nodes: dict[str, Node] = field(default_factory=dict)
     sn: Any = None
     sn_endpoints: list[str] = field(default_factory=list)
@@ -271,6 +278,20 @@ class LocalSwarm:
     def sl_advertise_host(self, name: str) -> str:
         return "127.0.0.1"
 
+    def sl_metrics_host(self, name: str) -> str:
+        """Address of the SL node's ``/metrics`` server: loopback only in local runs."""
+        return "127.0.0.1"
+
+    @property
+    def metrics_urls_path(self) -> Path:
+        return self.run_dir / "sl-metrics.json"
+
+    def _write_metrics_urls(self) -> None:
+        urls = {n: node.metrics_url for n, node in self.nodes.items() if node.metrics_url}
+        tmp = self.metrics_urls_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(urls, indent=2, sort_keys=True) + "\n")
+        tmp.replace(self.metrics_urls_path)
+
     def _env(self, node: Node) -> dict[str, str]:
         env = dict(os.environ)
         env.update(
@@ -313,6 +334,11 @@ class LocalSwarm:
             "--model-dir",
             str(self.model_dir_of(name)),
         ]
+        # A fresh free port per start (a restarted node may not get its old one back).
+        metrics_host, metrics_port = self.sl_metrics_host(name), free_port()
+        cmd += ["--metrics-host", metrics_host, "--metrics-port", str(metrics_port)]
+        node.metrics_url = f"http://{metrics_host}:{metrics_port}/metrics"
+        self._write_metrics_urls()
         node.sl = self.launch(f"{name}-sl", cmd, self.run_dir / "logs" / f"{name}-sl.log", self._env(node))
 
     def wait_sl_ready(self, names: list[str], timeout: float = SOCKET_WAIT_SECONDS) -> None:
@@ -355,6 +381,10 @@ class LocalSwarm:
     def start_all(self) -> None:
         """SN, then every SL node (waiting until each serves its channel), then every ML process."""
         self.start_sn()
+        if self.console:
+            from swarmlearning.local.console import start_console
+
+            self.local_console = start_console(self)
         for name in self.nodes:
             self.start_sl(name)
         self.wait_sl_ready(list(self.nodes))
@@ -438,6 +468,11 @@ class LocalSwarm:
             f">>> SN at {','.join(self.sn_endpoints)}; {len(self.nodes)} SL and {len(self.nodes)} ML "
             f"processes started (logs in {self.run_dir / 'logs'})"
         )
+        if self.local_console is not None:
+            emit(
+                f">>> console: {self.local_console.url} (its certificate is from the run's CA, "
+                f"{self.local_console.ca}; it serves until the run ends)"
+            )
         codes = self.wait_ml(on_tick=lambda: progress.update(self.metrics()), fail_fast=True)
         progress.update(self.metrics(), final=True)
         failed = sorted(n for n, c in codes.items() if c != 0)
@@ -476,6 +511,8 @@ class LocalSwarm:
             for proc in (node.ml, node.sl):
                 if proc is not None and not proc.log_file.closed:
                     proc.stop()
+        if self.local_console is not None and not self.local_console.proc.log_file.closed:
+            self.local_console.proc.stop()
         if self.sn is not None:
             self.sn.stop()
             self.sn = None

@@ -96,6 +96,7 @@ def run_script(
     script_args: Sequence[str] = (),
     out: str | Path | None = None,
     timeout: float = 3600.0,
+    console: bool = False,
     emit: Callable[[str], None] = print,
 ) -> ScriptResult:
     """Run ``script`` on one node per folder of ``data`` (or ``nodes`` subfolders of one folder)."""
@@ -134,6 +135,7 @@ def run_script(
         min_peers=peers,
         max_epochs=max_epochs,
         overrides=overrides,
+        console=console,
     ) as swarm:
         swarm.prepare()
         for name, node in swarm.nodes.items():

@@ -79,6 +79,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="with --model-dir: keep every round's merged model, not only the newest "
         "[SWARM_SL_KEEP_ROUND_MODELS]",
     )
+    parser.add_argument(
+        "--metrics-port",
+        default=env("SWARM_SL_METRICS_PORT", "9464"),
+        help="plain HTTP port of Prometheus /metrics (9464 unless set); 0 = no metrics server "
+        "[SWARM_SL_METRICS_PORT]",
+    )
+    parser.add_argument(
+        "--metrics-host",
+        default=env("SWARM_SL_METRICS_HOST", "0.0.0.0"),
+        help="address the /metrics server listens on (127.0.0.1 = this machine only) [SWARM_SL_METRICS_HOST]",
+    )
     parser.add_argument("--log-level", default=env("SWARM_LOG_LEVEL", "INFO"))
 
 
@@ -101,6 +112,17 @@ def run(args: argparse.Namespace) -> int:
         log.error("--listen must be host:port with port 0-65535, got %r", args.listen)
         return 2
 
+    metrics_port = str(args.metrics_port).strip()
+    if not metrics_port.isdigit() or not 0 <= int(metrics_port) <= 65535:
+        log.error(
+            "--metrics-port (SWARM_SL_METRICS_PORT) must be 0 (off) or a port 1-65535, got %r",
+            args.metrics_port,
+        )
+        return 2
+    if not args.metrics_host:
+        log.error("--metrics-host (SWARM_SL_METRICS_HOST) must not be empty (0.0.0.0 = every address)")
+        return 2
+
     if args.linger < 0:
         log.error("--linger (SWARM_SL_LINGER_SECONDS) must be >= 0 seconds, got %g", args.linger)
         return 2
@@ -120,6 +142,8 @@ def run(args: argparse.Namespace) -> int:
         stay_until_stopped=args.stay_until_stopped,
         model_dir=Path(args.model_dir) if args.model_dir else None,
         keep_round_models=args.keep_round_models,
+        metrics_host=args.metrics_host,
+        metrics_port=int(metrics_port),
     )
 
     async def main() -> None:

@@ -61,6 +61,7 @@ from swarmlearning.ledger import (
 from swarmlearning.merge import merge, validate_peer_model
 from swarmlearning.sl.archive import ModelArchive
 from swarmlearning.sl.channel import ChannelError, Frame, encode_frame, read_frame, write_frame
+from swarmlearning.sl.metrics import MetricsServer, SLMetrics, peer_error_reason, reject_reason
 from swarmlearning.sl.peers import HeldModel, ModelKey, ModelStore, PeerClient, PeerError, PeerServer
 from swarmlearning.sl.progress import Progress, round_extra
 from swarmlearning.sl.weights import decode_state, digest, encode_state
@@ -75,6 +76,8 @@ RESULT_FETCH_SECONDS = 60.0
 DEFAULT_LINGER_SECONDS = 60.0
 """Default upper bound of serving the final model after the ML process finished."""
 _LINGER_POLL_SECONDS = 0.5
+_QUORUM_POLL_SECONDS = 1.0
+"""How often a node below quorum re-reads the ready marks to time its wait (metrics only)."""
 _LINGER_SAY_EVERY_SECONDS = 5.0
 
 
@@ -111,6 +114,10 @@ class SLConfig:
     exited. None = memory only."""
     keep_round_models: bool = False
     """With ``model_dir``: keep every round's merged model, not only the newest."""
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 0
+    """Plain HTTP port of Prometheus ``/metrics`` (1-65535; 0 = no metrics server, the default here;
+    the command line's default is 9464)."""
 
 
 @dataclass
@@ -142,6 +149,8 @@ class SLNode:
     def __init__(self, config: SLConfig) -> None:
         if config.linger_seconds < 0:
             raise ValueError(f"linger_seconds={config.linger_seconds}: must be >= 0 seconds")
+        if not 0 <= config.metrics_port <= 65535:
+            raise ValueError(f"metrics_port={config.metrics_port}: must be 0 (off) or 1-65535")
         self.config = config
         self.cert = pki.NodeCert.load(config.cert_dir)
         if self.cert.name != config.name:
@@ -150,8 +159,16 @@ class SLNode:
         self.archive = (
             ModelArchive(config.model_dir, config.keep_round_models) if config.model_dir is not None else None
         )
-        self.peers = PeerClient(self.cert)
-        self.server = PeerServer(self.cert, self.store, config.listen_host, config.listen_port)
+        self.metrics = SLMetrics()
+        self.metrics_server = (
+            MetricsServer(self.metrics, config.metrics_host, config.metrics_port)
+            if config.metrics_port
+            else None
+        )
+        self.peers = PeerClient(self.cert, metrics=self.metrics)
+        self.server = PeerServer(
+            self.cert, self.store, config.listen_host, config.listen_port, metrics=self.metrics
+        )
         self.ledger: Ledger | None = None
         self.endpoint = ""
         self._done = asyncio.Event()
@@ -171,8 +188,14 @@ class SLNode:
         port = await self.server.start()
         self.endpoint = f"{self.config.advertise_host}:{port}"
         try:
+            if self.metrics_server is not None:
+                await self.metrics_server.start()
+                log.info("Prometheus metrics on %s", self.metrics_server.url)
             self.ledger = await Ledger.connect(list(self.config.sn_endpoints), self.cert)
-            await self.ledger.register_member(self.endpoint, leader_eligible=self.config.leader_eligible)
+            member = await self.ledger.register_member(
+                self.endpoint, leader_eligible=self.config.leader_eligible
+            )
+            self.metrics.ledger_seq(member.seq)
             sock = self.config.socket_path
             sock.parent.mkdir(parents=True, exist_ok=True)
             with contextlib.suppress(FileNotFoundError):
@@ -293,6 +316,8 @@ class SLNode:
                 self.config.socket_path.unlink()
         await self.peers.close()
         await self.server.stop()
+        if self.metrics_server is not None:
+            await self.metrics_server.stop()
         if self.ledger is not None:
             await self.ledger.close()
             self.ledger = None
@@ -351,6 +376,7 @@ class SLNode:
                 if k in settings
             }
             s.params = await ledger.ensure_contract(s.contract, wanted)
+            self.metrics.contract_seen(s.contract)
             differ = {k: (v, s.params.get(k)) for k, v in wanted.items() if s.params.get(k) != v}
             if differ:
                 log.warning(
@@ -359,6 +385,8 @@ class SLNode:
                     differ,
                 )
             latest = await ledger.latest_round(s.contract)
+            if latest is not None:
+                self.metrics.ledger_seq(latest.seq)
             return Frame(
                 {
                     "ok": True,
@@ -448,7 +476,9 @@ class SLNode:
         weight = float(header.get("weight", 1))
         samples = int(header.get("samples", 1))
         progress = Progress.from_header(header)
+        self.metrics.progress(s.contract, progress.loss, progress.metric)
         quorum_timeout = float(settings.get("quorumTimeoutSeconds", 1800))
+        min_peers = int(s.params.get("minPeers", settings.get("minPeers", 1)))
         loop = asyncio.get_running_loop()
         deadline = loop.time() + quorum_timeout
         remaining = quorum_timeout
@@ -459,11 +489,13 @@ class SLNode:
             key = ModelKey(s.contract, round_no, "input")
             d = self.store.put(key, payload, final=final, progress=progress)
             await ledger.mark_ready(s.contract, round_no, digest=d, weight=weight, samples=samples)
+            ready_at = loop.time()
+            quorum_timer = asyncio.ensure_future(self._time_quorum_wait(s.contract, round_no, min_peers))
             try:
                 close = await ledger.close_round(
                     s.contract,
                     round_no,
-                    min_peers=int(s.params.get("minPeers", settings.get("minPeers", 1))),
+                    min_peers=min_peers,
                     max_peers=int(s.params.get("maxPeers", 0)),
                     full_quorum_wait_s=float(settings.get("fullQuorumWaitSeconds", 30)),
                     timeout_s=remaining,
@@ -471,10 +503,16 @@ class SLNode:
                 )
             except QuorumTimeout as exc:
                 raise RoundFailed(f"{exc} (quorumTimeoutSeconds={quorum_timeout:g})") from exc
+            finally:
+                quorum_timer.cancel()
+                await asyncio.wait([quorum_timer])
+            self.metrics.ledger_seq(close.record.seq)
             if self.cert.name not in close.names:
                 note(f"round {round_no} closed without {self.cert.name} (too late); joining the next one")
                 remaining = max(1.0, deadline - loop.time())
                 continue
+            self.metrics.observe_phase("barrier", loop.time() - ready_at)
+            self.metrics.round_joined(s.contract)
             try:
                 result = await self._complete_round(s, close, note)
                 break
@@ -487,6 +525,28 @@ class SLNode:
             # Finished nodes serve this model until every participant recorded having it.
             await self._record_model(s.contract, result.round_no, result.digest)
         return result
+
+    async def _time_quorum_wait(self, contract: str, round_no: int, min_peers: int) -> None:
+        """Count a quorum wait when fewer than ``min_peers`` ready nodes (or none leader-eligible) are
+        marked after this node's mark, and the seconds until quorum (or until cancelled: the round
+        closed or timed out). Metrics only: a ledger error just ends the timing."""
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        waiting = False
+        try:
+            while True:
+                ready = await self._ledger().ready_peers(contract, round_no)
+                if len(ready) >= min_peers and any(p.leader_eligible for p, _ in ready):
+                    return
+                if not waiting:
+                    waiting = True
+                    self.metrics.quorum_wait()
+                await asyncio.sleep(_QUORUM_POLL_SECONDS)
+        except (EtcdError, LedgerError, RoundFailed) as exc:
+            log.debug("round %d: stopped timing the quorum wait: %s", round_no, exc)
+        finally:
+            if waiting:
+                self.metrics.quorum_waited(loop.time() - start)
 
     async def _ended(self, s: _Session, note: Callable[[str], None]) -> _RoundResult | None:
         """The contract's final round if its training already ended without this node (it was away
@@ -536,10 +596,13 @@ class SLNode:
                     record = await ledger.wait_round_result(close, attempt, leader_timeout_s=leader_timeout)
                 except LeaderFailed as exc:
                     note(f"{exc}; moving to attempt {attempt + 1}")
+                    self.metrics.leader_failover()
                     continue
+                self.metrics.ledger_seq(record.seq)
                 if record.kind == "abandon":
                     raise _RoundAbandoned()
-            data = await self._fetch_result(s, close, record)
+            with self.metrics.phase("fetch"):
+                data = await self._fetch_result(s, close, record)
             return _RoundResult.of(close, record, data)
         raise RoundFailed(
             f"round {close.round_no}: no leader committed after {2 * len(eligible)} attempts "
@@ -556,10 +619,15 @@ class SLNode:
         n_inputs = len(close.participants)
         note(f"round {close.round_no}: leading attempt {attempt}, merging {n_inputs} inputs ({method})")
         async with ledger.hold_leadership(close.contract, close.round_no, attempt, ttl_s=ttl):
+            loop = asyncio.get_running_loop()
+            fetch_start = loop.time()
             raw = await asyncio.gather(
                 *(self._fetch_input(close, p.name, p.endpoint, p.digest) for p in close.participants),
                 return_exceptions=True,
             )
+            merge_start = loop.time()
+            self.metrics.observe_phase("fetch", merge_start - fetch_start)
+            reasons: dict[str, str] = {}
             inputs: dict[str, tuple[bytes, dict[str, torch.Tensor], bool]] = {}
             progress: dict[str, Progress] = {}
             rejected: dict[str, str] = {}
@@ -567,6 +635,7 @@ class SLNode:
             for p, got in zip(close.participants, raw, strict=True):
                 if isinstance(got, BaseException):
                     rejected[p.name] = f"unreachable: {got}"
+                    reasons[p.name] = peer_error_reason(got.kind if isinstance(got, PeerError) else "")
                     continue
                 if got.final:
                     finished.add(p.name)
@@ -585,6 +654,7 @@ class SLNode:
                     rejected[name] = problem
             for name, why in rejected.items():
                 note(f"round {close.round_no}: rejected input of {name}: {why}")
+                self.metrics.rejected(reasons.get(name) or reject_reason(why))
             if not accepted:
                 raise RoundFailed(f"round {close.round_no}: every input was rejected: {rejected}")
             accepted.sort()
@@ -621,10 +691,16 @@ class SLNode:
             )
             extra |= round_extra(progress, accepted)
             merged_digest = self.store.put(ModelKey(close.contract, close.round_no, "merged"), merged_bytes)
+            self.metrics.observe_phase("merge", loop.time() - merge_start)
+            # Everyone in the close receives the merged model (also those rejected).
+            self.metrics.distribution_started(
+                close.contract, close.round_no, sum(1 for n in close.names if n != self.cert.name)
+            )
             # On disk before the commit: if this node dies right after committing, its restart (or
             # anyone sharing the archive) still serves the model the record names.
             await self._archive(close.contract, close.round_no, merged_bytes, merged_digest)
             await self._abandon_stale(close)
+            commit_start = loop.time()
             record = await ledger.commit_round(
                 close.contract,
                 close.round_no,
@@ -637,6 +713,9 @@ class SLNode:
                 rejected=rejected,
                 extra=extra,
             )
+            self.metrics.observe_phase("commit", loop.time() - commit_start)
+            self.metrics.ledger_seq(record.seq)
+            self.metrics.round_led(close.contract)
         note(
             f"round {close.round_no}: committed merge of {len(accepted)} inputs"
             + (f", rejected {sorted(rejected)}" if rejected else "")

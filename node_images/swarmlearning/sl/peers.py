@@ -40,8 +40,9 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from swarmlearning import pki
 from swarmlearning.limits import Limits, describe
+from swarmlearning.sl.metrics import SLMetrics
 from swarmlearning.sl.progress import Progress, finite
-from swarmlearning.sl.weights import digest
+from swarmlearning.weights_format import digest  # torch-free: the console imports this module
 
 log = logging.getLogger("swarmlearning.sl.peers")
 _http_log = logging.getLogger("swarmlearning.sl.peers.http")
@@ -80,7 +81,14 @@ _HANDLED: Any = (
 
 
 class PeerError(RuntimeError):
-    """A peer could not deliver a model (unreachable, refused, missing, or digest mismatch)."""
+    """A peer could not deliver a model (unreachable, refused, missing, or digest mismatch).
+
+    ``kind``: the client's rejection kind (``too-large``, ``bad-digest``, ``bad-header``) when the peer
+    answered with something this node refused, "" when it could not deliver at all."""
+
+    def __init__(self, message: str, kind: str = "") -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 @dataclass(frozen=True)
@@ -126,13 +134,22 @@ class PeerServer:
 
     ``rejections`` counts refused requests by kind: ``bad-http`` (unparsable, or over a request line /
     header limit), ``unknown-path``, ``method-not-allowed``, ``bad-round``, ``bad-kind`` and ``http-<status>``
-    for other 4xx answers. A model that is simply not held (404) is not a rejection."""
+    for other 4xx answers. A model that is simply not held (404) is not a rejection. ``metrics``: counts
+    the model bytes served (and the merged models' distribution)."""
 
     def __init__(
-        self, node: pki.NodeCert, store: ModelStore, host: str, port: int, *, limits: Limits | None = None
+        self,
+        node: pki.NodeCert,
+        store: ModelStore,
+        host: str,
+        port: int,
+        *,
+        limits: Limits | None = None,
+        metrics: SLMetrics | None = None,
     ) -> None:
         self.node, self.store, self.host, self.port = node, store, host, port
         self.limits = limits or Limits.from_env()
+        self.metrics = metrics
         self.rejections: Counter[str] = Counter()
         self._runner: web.AppRunner | None = None
 
@@ -189,6 +206,8 @@ class PeerServer:
             )
         headers = {DIGEST_HEADER: held.digest, FINAL_HEADER: "1" if held.final else "0"}
         headers.update(progress_headers(held.progress))
+        if self.metrics is not None:
+            self.metrics.model_sent(request.match_info["contract"], round_no, kind, len(held.data))
         return _handled(
             web.Response(body=held.data, content_type="application/octet-stream", headers=headers)
         )
@@ -243,12 +262,16 @@ class PeerClient:
 
     ``rejections`` counts refused responses by kind: ``too-large`` (over ``limits.model_bytes``),
     ``bad-digest`` (body differs from the served header or the ledger), ``bad-header`` (unparsable
-    response, a header over the limits, a malformed digest header)."""
+    response, a header over the limits, a malformed digest header). ``metrics``: counts the model bytes
+    downloaded."""
 
-    def __init__(self, node: pki.NodeCert, *, limits: Limits | None = None) -> None:
+    def __init__(
+        self, node: pki.NodeCert, *, limits: Limits | None = None, metrics: SLMetrics | None = None
+    ) -> None:
         self._ssl: ssl.SSLContext = pki.client_ssl_context(node)
         self._session: aiohttp.ClientSession | None = None
         self.limits = limits or Limits.from_env()
+        self.metrics = metrics
         self.rejections: Counter[str] = Counter()
 
     async def _get_session(self) -> aiohttp.ClientSession:
@@ -340,13 +363,15 @@ class PeerClient:
                 "bad-digest",
                 f"{url}: digest {actual[:12]} differs from the ledger's {expected_digest[:12]}",
             )
+        if self.metrics is not None:
+            self.metrics.model_received(kind, len(body))
         return HeldModel(bytes(body), actual, final, progress)
 
     def _rejected(self, peer: str, kind: str, reason: str) -> PeerError:
         """Log (WARNING) and count a refused response from ``peer``; returns the error to raise."""
         self.rejections[kind] += 1
         log.warning("rejected a response from %s: %s (%s)", peer, reason, kind)
-        return PeerError(reason)
+        return PeerError(reason, kind)
 
 
 def _server_name(resp: aiohttp.ClientResponse) -> str:

@@ -63,8 +63,6 @@ def sn_pod(owner: ObjectRef, spec: NetworkSpec, ordinal: int, join: list[str]) -
         {"name": "p2p", "containerPort": spec.p2p_port, "protocol": "TCP"},
         {"name": "api", "containerPort": spec.api_port, "protocol": "TCP"},
     ]
-    if spec.rest_enabled:
-        ports.append({"name": "rest", "containerPort": spec.rest_port, "protocol": "TCP"})
     if spec.persistent:
         data: dict[str, Any] = {"persistentVolumeClaim": {"claimName": names.sn_pvc(owner.name, ordinal)}}
     else:
@@ -159,19 +157,6 @@ def sn_headless_service(owner: ObjectRef, spec: NetworkSpec) -> dict[str, Any]:
         member_selector(owner.name),
         [("p2p", spec.p2p_port), ("api", spec.api_port)],
         headless=True,
-    )
-
-
-def rest_service(owner: ObjectRef, spec: NetworkSpec) -> dict[str, Any]:
-    """`<network>-rest`: the optional REST endpoint (30306), only when spec.rest.enabled."""
-    return common.service(
-        names.rest_service(owner.name),
-        owner,
-        member_labels(owner),
-        member_selector(owner.name),
-        [("rest", spec.rest_port)],
-        service_type=spec.service_type,
-        annotations=spec.service_annotations,
     )
 
 

@@ -16,6 +16,9 @@ from ..specs import NodeSpec, ObjectRef, TaskSpec
 from . import common
 
 SL_MODEL_DIR = "/swarm/models"
+SL_METRICS_PORT = 9464
+"""The SL container's plain HTTP Prometheus ``/metrics`` (container port ``metrics``; the chart's
+PodMonitor scrapes it)."""
 SCRATCH_DIR = "/swarm/scratch"
 """The ML container's writable scratch folder (an emptyDir; HPE's ``SCRATCH_DIR``)."""
 """The SL container's model archive: ``swarm-output/<task>/sl-models`` of the site's data volume."""
@@ -168,7 +171,10 @@ def task_pod(
         "imagePullPolicy": peer.spec.image_pull_policy,
         "restartPolicy": "Always",  # native sidecar: stopped (SIGTERM) when the ML container exits
         "command": ["python", "-m", "swarmlearning.sl"],
-        "ports": [{"name": "sl", "containerPort": peer.spec.port, "protocol": "TCP"}],
+        "ports": [
+            {"name": "sl", "containerPort": peer.spec.port, "protocol": "TCP"},
+            {"name": "metrics", "containerPort": SL_METRICS_PORT, "protocol": "TCP"},
+        ],
         "env": common.env(
             {
                 "HOME": "/tmp",
@@ -178,6 +184,8 @@ def task_pod(
                 # Merged models kept on the site's volume: a restarted attempt rejoins and serves from it.
                 "SWARM_SL_MODEL_DIR": SL_MODEL_DIR,
                 "SWARM_SL_KEEP_ROUND_MODELS": False,
+                "SWARM_SL_METRICS_HOST": "0.0.0.0",
+                "SWARM_SL_METRICS_PORT": SL_METRICS_PORT,
                 **env,
             }
         )

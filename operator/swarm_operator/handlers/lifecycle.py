@@ -69,3 +69,8 @@ def resync_once(ctx: Context, namespaces: tuple[str, ...]) -> None:
                     fn(ctx, meta["namespace"], meta["name"])
                 except Exception:
                     log.exception("resync of %s %s/%s failed", plural, meta["namespace"], meta["name"])
+    # A network deleted while the operator was down leaves its console's ClusterRoleBinding behind.
+    try:
+        network.sweep_console_bindings(ctx)
+    except Exception:
+        log.exception("sweeping console ClusterRoleBindings of deleted networks failed")

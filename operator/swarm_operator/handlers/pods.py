@@ -16,7 +16,7 @@ def pod_event(**kw: Any) -> None:
     """A child pod changed: reconcile the objects it belongs to."""
     ctx, labels, namespace = context(), dict(kw["labels"]), str(kw["namespace"])
     component = labels.get(names.L_COMPONENT)
-    if component == names.COMPONENT_SN and labels.get(names.L_NETWORK):
+    if component in (names.COMPONENT_SN, names.COMPONENT_CONSOLE) and labels.get(names.L_NETWORK):
         network.reconcile(ctx, namespace, labels[names.L_NETWORK])
     elif component == names.COMPONENT_TASK:
         if labels.get(names.L_TASK):

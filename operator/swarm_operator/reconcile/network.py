@@ -9,14 +9,18 @@ joins the given endpoints. A member recreated while others are ready joins them 
 from __future__ import annotations
 
 import base64
+import hashlib
+import json
 import logging
 from typing import Any
 
 from .. import certificates, metrics, names
 from .. import status as st
+from ..builders import console as cb
 from ..builders import network as nb
 from ..certificates import KeyPair
 from ..kube import Obj, Rejected
+from ..settings import ConsoleImage, SettingError
 from ..specs import NetworkSpec, ObjectRef, SpecError
 from .context import Context
 from .pods import is_ready, is_terminating
@@ -31,6 +35,10 @@ def reconcile(ctx: Context, namespace: str, name: str) -> None:
         body = ctx.kube.get_custom(names.NETWORKS, namespace, name)
         if body is None or body["metadata"].get("deletionTimestamp"):
             metrics.observe_network(namespace, name, None)
+            if body is None:
+                # The garbage collector removes the namespaced children; the console's cluster-scoped
+                # binding has no owner reference, so it goes here.
+                sweep_console_bindings(ctx)
             return
         _reconcile(ctx, body)
 
@@ -97,11 +105,6 @@ def _reconcile_children(
 
     sn_svc = ensure_service(ctx, nb.sn_service(owner, spec))
     ensure_service(ctx, nb.sn_headless_service(owner, spec))
-    rest_name = names.rest_service(owner.name)
-    if spec.rest_enabled:
-        ensure_service(ctx, nb.rest_service(owner, spec))
-    else:
-        _delete_owned(ctx, "Service", owner, rest_name)
 
     pods = _members(ctx.kube.find("Pod", owner.namespace, nb.member_selector(owner.name)))
     # A member pod that ended (evicted, failed) is replaced: delete it, the next pass recreates it.
@@ -163,7 +166,22 @@ def _reconcile_children(
         new_conds.append(st.Condition("LedgerReachable", None, "NoReadyMember", "no SN member is ready"))
 
     new_conds.append(st.Condition("Ready", phase == st.NetworkPhase.READY, phase, members_cond.message))
+    console_conds = reconcile_console(ctx, owner, spec, ca, members_ready)
+    new_conds += console_conds
     conds = st.merge_conditions(old.get("conditions"), new_conds, owner.generation, ts)
+    if not console_conds:
+        conds = [c for c in conds if c.get("type") not in CONSOLE_CONDITIONS]
+    console_cond = console_conds[0] if console_conds else None
+    if console_cond is not None and st.transitioned(old, conds, CONSOLE_READY):
+        ctx.event(
+            body,
+            console_cond.reason
+            if console_cond.reason.startswith("Console")
+            else f"Console{console_cond.reason}",
+            console_cond.message,
+            warning=console_cond.status is False
+            and console_cond.reason in ("ChildRejected", "InvalidSetting"),
+        )
     if old.get("phase") != phase:
         ctx.event(
             body,
@@ -182,6 +200,141 @@ def _reconcile_children(
         new["ledgerHeight"] = height
     ctx.write_status(names.NETWORKS, body, new)
     metrics.observe_network(owner.namespace, owner.name, members_ready)
+
+
+CONSOLE_READY = "ConsoleReady"
+"""Condition: the console Deployment (spec.rest.enabled) is available; absent while rest is disabled."""
+CONSOLE_LEDGER = "ConsoleLedgerAccess"
+"""Condition: the console's etcd user (`<network>-console`, read-only) exists; absent while disabled."""
+CONSOLE_CONDITIONS = (CONSOLE_READY, CONSOLE_LEDGER)
+
+
+def reconcile_console(
+    ctx: Context, owner: ObjectRef, spec: NetworkSpec, ca: KeyPair, members_ready: int
+) -> list[st.Condition]:
+    """The console children when spec.rest.enabled, their removal otherwise; returns ConsoleReady first
+    and ConsoleLedgerAccess (nothing when disabled). A refused child only fails ConsoleReady, never the
+    SN members."""
+    if not spec.rest_enabled:
+        for kind, name in (
+            ("Service", names.rest_service(owner.name)),
+            ("Deployment", names.console(owner.name)),
+            ("RoleBinding", names.console(owner.name)),
+            ("ServiceAccount", names.console(owner.name)),
+            ("Secret", names.console_tls_secret(owner.name)),
+        ):
+            _delete_owned(ctx, kind, owner, name)
+        _delete_cluster_binding(ctx, owner.namespace, owner.name, owner.uid)
+        return []
+    try:
+        image = ConsoleImage.from_env()
+    except SettingError as e:
+        return [st.Condition(CONSOLE_READY, False, "InvalidSetting", f"operator setting: {e}")]
+    try:
+        ctx.kube.ensure(cb.service_account(owner))
+        ctx.kube.ensure(cb.role_binding(owner))
+        _ensure_cluster_binding(ctx, owner)
+        _ensure_console_secret(ctx, owner, ca)
+        _ensure_deployment(ctx, cb.deployment(owner, spec, image))
+        ensure_service(ctx, cb.rest_service(owner, spec))
+    except Rejected as e:
+        return [st.Condition(CONSOLE_READY, False, "ChildRejected", str(e))]
+    ok, why = cb.is_available(ctx.kube.get("Deployment", owner.namespace, names.console(owner.name)))
+    conds = [st.Condition(CONSOLE_READY, ok, "ConsoleAvailable" if ok else "ConsoleStarting", why)]
+    if ctx.ledger is not None and members_ready > 0:
+        # The console reads the ledger as etcd user <network>-console (role operator -> swarm-reader); the
+        # sentinel only provisions the operator's own reader at bootstrap.
+        endpoints = [names.sn_api_endpoint(owner.name, owner.namespace, spec.api_port)]
+        done, message = ctx.ledger.user(endpoints, ca, names.console(owner.name), "operator")
+        reason = {True: "UserProvisioned", False: "ProvisioningFailed", None: "Provisioning"}[done]
+        conds.append(st.Condition(CONSOLE_LEDGER, done, reason, message))
+    elif members_ready == 0:
+        conds.append(st.Condition(CONSOLE_LEDGER, None, "NoReadyMember", "no SN member is ready"))
+    return conds
+
+
+def _ensure_console_secret(ctx: Context, owner: ObjectRef, ca: KeyPair) -> None:
+    """The console's certificate (CN `<network>-console`, role operator), re-issued when the CA changed."""
+    name = names.console_tls_secret(owner.name)
+    existing = ctx.kube.get("Secret", owner.namespace, name)
+    if existing is not None and certificates.signed_by(_field(existing, "tls.crt"), ca.cert):
+        return
+    pair = certificates.issue(ca, names.console(owner.name), owner.namespace, "operator", cb.hosts(owner))
+    secret = cb.tls_secret(owner, pair.cert, pair.key, pair.ca)
+    if existing is None:
+        ctx.kube.ensure(secret)
+    else:
+        ctx.kube.patch("Secret", owner.namespace, name, {"data": secret["data"]})
+
+
+TEMPLATE_HASH = f"{names.GROUP}/template-hash"
+"""Annotation on the console Deployment: hash of the desired spec, so a changed spec (image, port) is
+patched in and an unchanged one costs no write."""
+
+
+def _ensure_deployment(ctx: Context, desired: Obj) -> None:
+    digest = hashlib.sha256(json.dumps(desired["spec"], sort_keys=True).encode()).hexdigest()[:16]
+    desired["metadata"]["annotations"] = {TEMPLATE_HASH: digest}
+    meta = desired["metadata"]
+    obj, created = ctx.kube.ensure(desired)
+    if not created and (obj["metadata"].get("annotations") or {}).get(TEMPLATE_HASH) != digest:
+        # A merge patch replaces lists (containers, volumes) whole; the template is all ours.
+        ctx.kube.patch(
+            "Deployment",
+            meta["namespace"],
+            meta["name"],
+            {"metadata": {"annotations": meta["annotations"]}, "spec": desired["spec"]},
+        )
+
+
+def _ensure_cluster_binding(ctx: Context, owner: ObjectRef) -> None:
+    """The ClusterRoleBinding, its labels and owner annotation naming this network (one left by a network
+    deleted and created again under the same name is taken over, not swept)."""
+    desired = cb.cluster_role_binding(owner)
+    obj, created = ctx.kube.ensure(desired)
+    if created:
+        return
+    patch = {}
+    for field in ("labels", "annotations"):
+        want, have = desired["metadata"][field], obj["metadata"].get(field) or {}
+        if any(have.get(k) != v for k, v in want.items()):
+            patch[field] = want
+    if patch:
+        ctx.kube.patch("ClusterRoleBinding", "", desired["metadata"]["name"], {"metadata": patch})
+
+
+def _delete_cluster_binding(ctx: Context, namespace: str, network: str, uid: str | None) -> None:
+    """Delete the console's ClusterRoleBinding of network `namespace/network` (of that uid, if given)."""
+    name = names.console_cluster_binding(namespace, network)
+    obj = ctx.kube.get("ClusterRoleBinding", "", name)
+    if obj is None:
+        return
+    ns, _, rest = ((obj["metadata"].get("annotations") or {}).get(names.A_CONSOLE_OWNER) or "").partition("/")
+    owner_name, _, owner_uid = rest.partition("/")
+    if (ns, owner_name) == (namespace, network) and (uid is None or owner_uid == uid):
+        ctx.kube.delete("ClusterRoleBinding", "", name)
+
+
+def sweep_console_bindings(ctx: Context) -> int:
+    """Delete console ClusterRoleBindings whose network (namespace/name/uid of the owner annotation) no
+    longer exists; returns how many. Run when a network is gone (and worth running at resync: a network
+    deleted while the operator was down leaves its binding behind)."""
+    found = ctx.kube.find(
+        "ClusterRoleBinding",
+        "",
+        {names.L_MANAGED_BY: names.OPERATOR_NAME, names.L_COMPONENT: names.COMPONENT_CONSOLE},
+    )
+    gone = 0
+    for crb in found:
+        ref = (crb["metadata"].get("annotations") or {}).get(names.A_CONSOLE_OWNER) or ""
+        parts = ref.split("/")
+        if len(parts) != 3:
+            continue
+        net = ctx.kube.get_custom(names.NETWORKS, parts[0], parts[1])
+        stale = net is None or net["metadata"].get("uid") != parts[2]
+        if stale and ctx.kube.delete("ClusterRoleBinding", "", crb["metadata"]["name"]):
+            gone += 1
+    return gone
 
 
 def _members(pods: list[Obj]) -> dict[int, Obj]:
