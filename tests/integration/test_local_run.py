@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -11,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+import requests
 from swarmlearning.local.config import ConfigError, load_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -63,7 +65,7 @@ def test_example_runs_with_swarmctl(example: Path, tmp_path: Path) -> None:
 
 
 @pytest.mark.integration
-def test_interrupt_tears_down_every_process(tmp_path: Path) -> None:
+def test_interrupt_tears_down_every_process_and_the_console(tmp_path: Path) -> None:
     # A copy of the example that trains far longer than the test waits, so the run is surely still
     # going (every process alive) when Ctrl-C arrives, however fast the machine is.
     example = tmp_path / "breast_cancer"
@@ -76,7 +78,7 @@ def test_interrupt_tears_down_every_process(tmp_path: Path) -> None:
     log = tmp_path / "swarmctl.out"
     with open(log, "wb") as fh:
         proc = subprocess.Popen(
-            [*SWARMCTL, "run", str(example), "--out", str(out)],
+            [*SWARMCTL, "run", str(example), "--out", str(out), "--console"],
             stdout=fh,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -87,7 +89,19 @@ def test_interrupt_tears_down_every_process(tmp_path: Path) -> None:
             assert proc.poll() is None, log.read_text()
             assert time.monotonic() < deadline, "no round completed within 120s:\n" + log.read_text()
             time.sleep(0.3)
-        assert len(processes_mentioning(str(out))) >= 6  # 3 SL + 3 ML (+ etcd)
+        assert len(processes_mentioning(str(out))) >= 7  # 3 SL + 3 ML + the console (+ etcd)
+        # --console printed its URL, and the console answers it with the token the URL carries.
+        url = re.search(r">>> console: (https://127\.0\.0\.1:\d+/)\?token=(\S+) ", log.read_text())
+        assert url, log.read_text()
+        session = requests.Session()
+        session.trust_env = False  # REQUESTS_CA_BUNDLE would replace the run's CA
+        who = session.get(
+            f"{url[1]}api/v1/whoami",
+            headers={"Authorization": f"Bearer {url[2]}"},
+            verify=str(out / "pki" / "console" / "ca.crt"),
+            timeout=30,
+        )
+        assert who.status_code == 200 and who.json()["rights"] == ["status", "model"], who.text
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=60) == 130
         assert "interrupted" in log.read_text()
