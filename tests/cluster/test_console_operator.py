@@ -22,7 +22,7 @@ from tests.cluster.operator_harness import (  # noqa: F401 (fixtures)
     operator_fixture,
     wait_for,
 )
-from tests.cluster.test_operator import T, apply, condition, network, owner_uid, status
+from tests.cluster.test_operator import T, apply, condition, network, node, owner_uid, phase_is, status
 from tests.testbed import Cluster
 
 pytestmark = pytest.mark.cluster
@@ -51,8 +51,15 @@ def test_rest_enabled_runs_the_console_behind_the_rest_service_and_disabling_rem
 ) -> None:
     crb_name = f"swarm-learning-console:{namespace}:net"
     try:
-        apply(cluster, namespace, network(rest={"enabled": True, "port": 31306}))
+        apply(cluster, namespace, network(rest={"enabled": True, "port": 31306}), node("net-console"))
         st = wait_for(lambda: _console_ready(kube, namespace), T, "ConsoleReady True", operator)
+        # A LearningNode may not take the console's name (its certificate CN and etcd user).
+        ln = wait_for(
+            lambda: phase_is(kube, names.NODES, namespace, "net-console", "Error"), T, "node Error", operator
+        )
+        valid = condition(ln, "Valid")
+        assert valid["status"] == "False" and valid["reason"] == "ReservedName", valid
+        assert kube.get("Secret", namespace, "net-console-identity") is None
         assert "available" in condition(st, "ConsoleReady")["message"]
         net = kube.get_custom(names.NETWORKS, namespace, "net")
         assert net is not None

@@ -54,6 +54,15 @@ def _reconcile(ctx: Context, body: Obj) -> None:
     except SpecError as e:
         _error(ctx, body, owner, st.Condition("Valid", False, "InvalidSpec", str(e)))
         return
+    if owner.name == names.console(spec.network):
+        # The console's certificate CN is its etcd user: an SL node of that name would share (and
+        # widen) the read-only console's identity.
+        reserved = (
+            f"the name {owner.name!r} is reserved for the console of SwarmNetwork {spec.network!r} "
+            "(its certificate and read-only etcd user); choose another LearningNode name"
+        )
+        _error(ctx, body, owner, st.Condition("Valid", False, "ReservedName", reserved))
+        return
     net = ctx.kube.get_custom(names.NETWORKS, owner.namespace, spec.network)
     if net is None:
         _error(
