@@ -622,3 +622,36 @@ def test_model_delivery_tracks_who_has_the_final_model_and_forgets_those_who_lef
     assert left.waiting_for == ("dave",) and left.left == ("bob",)
     assert seen["done"].complete and seen["done"].has == ("alice", "carol", "dave")
     assert seen["who"] == ["alice", "carol", "dave"]
+
+
+def test_close_round_reports_how_long_it_waited_below_quorum(sn_cluster) -> None:
+    """``on_quorum_wait`` gets the seconds a node waited below quorum, once; not called when the
+    quorum was there at once (what the SL node's quorum-wait metrics count)."""
+    cluster = sn_cluster(1)
+    alice, bob = (cluster.provision(n) for n in ("alice", "bob"))
+
+    async def scenario() -> None:
+        a, b = await _nodes(cluster.endpoints, [alice, bob])
+        waits_a: list[float] = []
+        waits_b: list[float] = []
+        try:
+            await a.mark_ready("k", 1, digest="d" * 64, weight=1, samples=1)
+
+            async def bob_later() -> None:
+                await asyncio.sleep(1.5)
+                await b.mark_ready("k", 1, digest="e" * 64, weight=1, samples=1)
+                await b.close_round("k", 1, min_peers=2, full_quorum_wait_s=0, timeout_s=10,
+                                    on_quorum_wait=waits_b.append)  # fmt: skip
+
+            close, _ = await asyncio.gather(
+                a.close_round("k", 1, min_peers=2, full_quorum_wait_s=0, timeout_s=10,
+                              on_quorum_wait=waits_a.append),
+                bob_later(),
+            )  # fmt: skip
+            assert sorted(close.names) == ["alice", "bob"]
+            assert len(waits_a) == 1 and 1.0 <= waits_a[0] < 10, waits_a
+            assert waits_b == []
+        finally:
+            await _close_all([a, b])
+
+    run(scenario())

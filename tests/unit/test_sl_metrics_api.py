@@ -40,7 +40,6 @@ def test_counters_and_gauges_move_as_the_api_is_called() -> None:
     m.rejected("free text is not a label value")
     assert value(m, "swarm_sl_rejected_inputs_total", reason="nonfinite") == 1
     assert value(m, "swarm_sl_rejected_inputs_total", reason="other") == 1
-    m.quorum_wait()
     m.quorum_waited(2.5)
     m.leader_failover()
     assert value(m, "swarm_sl_quorum_waits_total") == 1

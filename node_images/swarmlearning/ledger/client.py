@@ -500,6 +500,7 @@ class Ledger:
         full_quorum_wait_s: float = 30,
         timeout_s: float = 1800,
         progress: Callable[[str], None] | None = None,
+        on_quorum_wait: Callable[[float], None] | None = None,
     ) -> RoundClose:
         """Wait for the round's quorum, then fix its participant set (or return the one already fixed).
 
@@ -509,7 +510,9 @@ class Ledger:
         is. The first node to close wins a guarded append of the ``close`` record;
         everyone gets the same :class:`RoundClose`. If more than ``max_peers`` are ready the earliest
         ones are taken. ``progress`` gets a line every few seconds saying what is awaited. Raises
-        :class:`QuorumTimeout` after ``timeout_s`` seconds below quorum.
+        :class:`QuorumTimeout` after ``timeout_s`` seconds below quorum. If the round was below quorum
+        when first looked at, ``on_quorum_wait`` gets, once, the seconds until quorum was seen (or until
+        the call ended: closed by another node, timed out).
         """
         check_contract_name(contract)
         _check_round(round_no)
@@ -527,65 +530,77 @@ class Ledger:
         quorum_since: float | None = None
         last_said = -_PROGRESS_EVERY_S
         what = f"round {round_no} of contract {contract!r}"
-        async with self.etcd.watch(keys.NODES, prefix=True) as changes:
-            while True:
-                existing = await self.round_close(contract, round_no)
-                if existing is not None:
-                    return existing
-                ready = await self.ready_peers(contract, round_no)
-                n = len(ready)
-                now = loop.time()
-                names = ", ".join(p.name for p, _ in ready) or "none"
-                # Someone must be able to lead the merge: without an eligible peer, keep waiting.
-                can_lead = any(p.leader_eligible for p, _ in ready)
-                if n >= min_peers and can_lead:
-                    quorum_since = now if quorum_since is None else quorum_since
-                    live = len((await self.sessions(contract))[0])
-                    if (
-                        (max_peers and n >= max_peers)
-                        or n >= live
-                        or now - quorum_since >= full_quorum_wait_s
-                    ):
-                        chosen = [p for p, _ in ready][: max_peers or None]
-                        body = {
-                            "round": round_no,
-                            "participants": [p.to_dict() for p in sorted(chosen, key=lambda p: p.name)],
-                        }
-                        rec = await self._append(
-                            contract, "close", body, guard=keys.close_key(contract, round_no)
-                        )
-                        if rec is not None:
-                            close = RoundClose.from_record(rec)
-                            say(
-                                f"{what} closed with {len(chosen)} peers ({', '.join(close.names)}); "
-                                f"leader of attempt 0: {close.leader}"
+        below_quorum_at_first: bool | None = None
+        first_quorum: float | None = None
+        try:
+            async with self.etcd.watch(keys.NODES, prefix=True) as changes:
+                while True:
+                    existing = await self.round_close(contract, round_no)
+                    if existing is not None:
+                        return existing
+                    ready = await self.ready_peers(contract, round_no)
+                    n = len(ready)
+                    now = loop.time()
+                    names = ", ".join(p.name for p, _ in ready) or "none"
+                    # Someone must be able to lead the merge: without an eligible peer, keep waiting.
+                    can_lead = any(p.leader_eligible for p, _ in ready)
+                    has_quorum = n >= min_peers and can_lead
+                    if below_quorum_at_first is None:
+                        below_quorum_at_first = not has_quorum
+                    if has_quorum and first_quorum is None:
+                        first_quorum = now
+                    if has_quorum:
+                        quorum_since = now if quorum_since is None else quorum_since
+                        live = len((await self.sessions(contract))[0])
+                        if (
+                            (max_peers and n >= max_peers)
+                            or n >= live
+                            or now - quorum_since >= full_quorum_wait_s
+                        ):
+                            chosen = [p for p, _ in ready][: max_peers or None]
+                            body = {
+                                "round": round_no,
+                                "participants": [p.to_dict() for p in sorted(chosen, key=lambda p: p.name)],
+                            }
+                            rec = await self._append(
+                                contract, "close", body, guard=keys.close_key(contract, round_no)
                             )
-                            return close
-                        continue
-                    if now - last_said >= _PROGRESS_EVERY_S:
-                        left = full_quorum_wait_s - (now - quorum_since)
-                        say(
-                            f"{what}: quorum reached ({n} ready: {names}); waiting up to {left:.0f}s more "
-                            f"for {'up to ' + str(max_peers) if max_peers else 'more'} peers "
-                            f"({live} live members)"
-                        )
-                        last_said = now
-                else:
-                    quorum_since = None
-                    no_leader = "" if can_lead or not n else "; none leader-eligible"
-                    if now - start >= timeout_s:
-                        raise QuorumTimeout(
-                            f"{what}: only {n} of the {min_peers} peers needed were ready after "
-                            f"{timeout_s:g}s (ready: {names}{no_leader})"
-                            "; check that the other nodes are running and reach the SN"
-                        )
-                    if now - last_said >= _PROGRESS_EVERY_S:
-                        say(
-                            f"{what}: waiting for peers, {n} of {min_peers} needed ready "
-                            f"({names}{no_leader}); giving up in {timeout_s - (now - start):.0f}s"
-                        )
-                        last_said = now
-                await changes.get(timeout=_POLL_S)
+                            if rec is not None:
+                                close = RoundClose.from_record(rec)
+                                say(
+                                    f"{what} closed with {len(chosen)} peers ({', '.join(close.names)}); "
+                                    f"leader of attempt 0: {close.leader}"
+                                )
+                                return close
+                            continue
+                        if now - last_said >= _PROGRESS_EVERY_S:
+                            left = full_quorum_wait_s - (now - quorum_since)
+                            say(
+                                f"{what}: quorum reached ({n} ready: {names}); "
+                                f"waiting up to {left:.0f}s more "
+                                f"for {'up to ' + str(max_peers) if max_peers else 'more'} peers "
+                                f"({live} live members)"
+                            )
+                            last_said = now
+                    else:
+                        quorum_since = None
+                        no_leader = "" if can_lead or not n else "; none leader-eligible"
+                        if now - start >= timeout_s:
+                            raise QuorumTimeout(
+                                f"{what}: only {n} of the {min_peers} peers needed were ready after "
+                                f"{timeout_s:g}s (ready: {names}{no_leader})"
+                                "; check that the other nodes are running and reach the SN"
+                            )
+                        if now - last_said >= _PROGRESS_EVERY_S:
+                            say(
+                                f"{what}: waiting for peers, {n} of {min_peers} needed ready "
+                                f"({names}{no_leader}); giving up in {timeout_s - (now - start):.0f}s"
+                            )
+                            last_said = now
+                    await changes.get(timeout=_POLL_S)
+        finally:
+            if below_quorum_at_first and on_quorum_wait is not None:
+                on_quorum_wait((first_quorum if first_quorum is not None else loop.time()) - start)
 
     def leader_for(self, close: RoundClose, attempt: int) -> str:
         """Leader of ``attempt`` (0, 1, ...) of a closed round; see :mod:`swarmlearning.ledger.rounds`."""

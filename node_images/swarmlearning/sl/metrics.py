@@ -181,10 +181,9 @@ class SLMetrics:
         """Count a rejected input; ``reason`` outside :data:`REJECT_REASONS` counts as ``other``."""
         self._rejected.labels(reason=reason if reason in REJECT_REASONS else "other").inc()
 
-    def quorum_wait(self) -> None:
-        self._quorum_waits.inc()
-
     def quorum_waited(self, seconds: float) -> None:
+        """One round in which this node waited ``seconds`` below quorum."""
+        self._quorum_waits.inc()
         self._quorum_seconds.inc(max(0.0, seconds))
 
     def leader_failover(self) -> None:

@@ -76,8 +76,6 @@ RESULT_FETCH_SECONDS = 60.0
 DEFAULT_LINGER_SECONDS = 60.0
 """Default upper bound of serving the final model after the ML process finished."""
 _LINGER_POLL_SECONDS = 0.5
-_QUORUM_POLL_SECONDS = 1.0
-"""How often a node below quorum re-reads the ready marks to time its wait (metrics only)."""
 _LINGER_SAY_EVERY_SECONDS = 5.0
 
 
@@ -490,7 +488,6 @@ class SLNode:
             d = self.store.put(key, payload, final=final, progress=progress)
             await ledger.mark_ready(s.contract, round_no, digest=d, weight=weight, samples=samples)
             ready_at = loop.time()
-            quorum_timer = asyncio.ensure_future(self._time_quorum_wait(s.contract, round_no, min_peers))
             try:
                 close = await ledger.close_round(
                     s.contract,
@@ -500,12 +497,10 @@ class SLNode:
                     full_quorum_wait_s=float(settings.get("fullQuorumWaitSeconds", 30)),
                     timeout_s=remaining,
                     progress=note,
+                    on_quorum_wait=self.metrics.quorum_waited,
                 )
             except QuorumTimeout as exc:
                 raise RoundFailed(f"{exc} (quorumTimeoutSeconds={quorum_timeout:g})") from exc
-            finally:
-                quorum_timer.cancel()
-                await asyncio.wait([quorum_timer])
             self.metrics.ledger_seq(close.record.seq)
             if self.cert.name not in close.names:
                 note(f"round {round_no} closed without {self.cert.name} (too late); joining the next one")
@@ -525,28 +520,6 @@ class SLNode:
             # Finished nodes serve this model until every participant recorded having it.
             await self._record_model(s.contract, result.round_no, result.digest)
         return result
-
-    async def _time_quorum_wait(self, contract: str, round_no: int, min_peers: int) -> None:
-        """Count a quorum wait when fewer than ``min_peers`` ready nodes (or none leader-eligible) are
-        marked after this node's mark, and the seconds until quorum (or until cancelled: the round
-        closed or timed out). Metrics only: a ledger error just ends the timing."""
-        loop = asyncio.get_running_loop()
-        start = loop.time()
-        waiting = False
-        try:
-            while True:
-                ready = await self._ledger().ready_peers(contract, round_no)
-                if len(ready) >= min_peers and any(p.leader_eligible for p, _ in ready):
-                    return
-                if not waiting:
-                    waiting = True
-                    self.metrics.quorum_wait()
-                await asyncio.sleep(_QUORUM_POLL_SECONDS)
-        except (EtcdError, LedgerError, RoundFailed) as exc:
-            log.debug("round %d: stopped timing the quorum wait: %s", round_no, exc)
-        finally:
-            if waiting:
-                self.metrics.quorum_waited(loop.time() - start)
 
     async def _ended(self, s: _Session, note: Callable[[str], None]) -> _RoundResult | None:
         """The contract's final round if its training already ended without this node (it was away
