@@ -83,6 +83,20 @@ class NodeCert:
                 raise PKIError(
                     f"certificate directory {d}: missing {p.name} (expected tls.crt, tls.key, ca.crt)"
                 )
+        return cls.from_files(*paths)
+
+    @classmethod
+    def from_files(
+        cls,
+        cert_path: str | os.PathLike[str],
+        key_path: str | os.PathLike[str],
+        ca_path: str | os.PathLike[str],
+    ) -> NodeCert:
+        """The same from files anywhere (e.g. a mounted Secret's). Raises PKIError naming a bad file."""
+        paths = [Path(cert_path), Path(key_path), Path(ca_path)]
+        for p in paths:
+            if not p.is_file():
+                raise PKIError(f"{p}: no such file")
         pem = paths[0].read_bytes()
         cert = _load_pem(pem, str(paths[0]))
         try:

@@ -89,18 +89,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def _identity(a: argparse.Namespace) -> pki.NodeCert:
-    """The console's certificate as a NodeCert (its files may live anywhere, e.g. a mounted Secret)."""
-    cert_pem = Path(a.cert).read_bytes()
-    info = pki.check_cert(cert_pem, Path(a.ca).read_bytes())
-    return pki.NodeCert(
-        name=info.name,
-        organisation=info.organisation,
-        role=info.role,
-        cert_path=Path(a.cert),
-        key_path=Path(a.key),
-        ca_path=Path(a.ca),
-        fingerprint=info.fingerprint,
-    )
+    """The console's certificate (its files may live anywhere, e.g. a mounted Secret), checked
+    against the swarm's CA."""
+    identity = pki.NodeCert.from_files(a.cert, a.key, a.ca)
+    pki.check_cert(identity.cert_pem(), identity.ca_pem())
+    return identity
 
 
 class _Server(uvicorn.Server):

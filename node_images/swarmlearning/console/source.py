@@ -204,10 +204,10 @@ class SwarmSource:
             ),
             None,
         )
-        result = next((r for r in self.records if r.seq == rnd.seq), None)
+        result = self.records[rnd.seq]  # records are held by seq (refresh checks they are contiguous)
         candidates: list[tuple[str, str]] = []
-        leader_endpoint = result.body.get("leader_endpoint") if result is not None else None
-        if result is not None and isinstance(leader_endpoint, str):
+        leader_endpoint = result.body.get("leader_endpoint")
+        if isinstance(leader_endpoint, str):
             candidates.append((result.author, leader_endpoint))
         live = {m.name: m.endpoint for m in await self.live_members()}
         for p in close.body.get("participants", []) if close else []:
