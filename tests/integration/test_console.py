@@ -26,8 +26,9 @@ from schemathesis import GenerationMode
 from schemathesis.core.failures import FailureGroup
 from swarmlearning import pki
 from swarmlearning.cli import swarmctl
-from swarmlearning.local.config import load_config
-from swarmlearning.local.runner import LocalSwarm, tail
+from swarmlearning.local.runner import LocalSwarm
+
+from tests.integration.test_swarm import small_config, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -62,30 +63,9 @@ class Console:
         return self.session(token=self.token).get(self.base + path.lstrip("/"), timeout=30, **kw)
 
 
-def _wait(what: str, check: Any, console: Console, timeout: float = WAIT_S) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.3)
-    logs = "\n".join(
-        f"--- {p.name}\n{tail(p, 6)}" for p in sorted((console.swarm.run_dir / "logs").glob("*.log"))
-    )
-    pytest.fail(f"timed out after {timeout:g}s waiting for {what}\n{logs}")
-
-
 @pytest.fixture(scope="module")
 def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Console]:
-    base = load_config(DIGITS)
-    cfg = dataclasses.replace(
-        base,
-        nodes=3,
-        train={"epochs": 5, "batch_size": 32, "lr": 0.1},
-        swarm={"sync_frequency": 4, "min_peers": 2, "merge_method": "mean", "full_quorum_wait": 10,
-               "leader_failure_timeout": 6, "quorum_timeout": 30},
-        timeout_seconds=180,
-    )  # fmt: skip
+    cfg = small_config(3, train={"epochs": 5})
     run = tmp_path_factory.mktemp("console") / "run"
     ml = {"node-3": [sys.executable, str(POISON), "--kind", "nan", str(DIGITS / "train.py")]}
     with LocalSwarm(cfg, run, ml_command=ml, console=True) as swarm:
@@ -142,10 +122,11 @@ def test_rounds_arrive_as_server_sent_events(console: Console) -> None:
 
 
 def test_the_merged_model_downloads_with_its_ledger_digest(console: Console) -> None:
-    committed = _wait(
+    committed = wait_for(
         "a merged round",
         lambda: [r for r in _rounds(console) if r["result"] == "round" and r["round"] > 1],
-        console,
+        WAIT_S,
+        console.swarm,
     )
     r = console.get(f"/api/v1/tasks/{CONTRACT}/model")
     assert r.status_code == 200, r.text
@@ -248,10 +229,11 @@ def test_after_the_run(console: Console) -> None:
     audit = console.get("/api/v1/ledger/verify").json()
     assert audit["ok"] and audit["count"] == len(export["records"]) and audit["message"].startswith("OK")
     # Every SL node has exited: nobody holds the model any more, which a 404 says.
-    _wait(
+    wait_for(
         "every SL node to exit",
         lambda: all(not n.sl or not n.sl.running() for n in console.swarm.nodes.values()),
-        console,
+        WAIT_S,
+        console.swarm,
     )
     r = console.get(f"/api/v1/tasks/{CONTRACT}/model")
     assert r.status_code == 404 and "no SL node serves" in r.json()["detail"]

@@ -34,9 +34,10 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from swarmlearning import pki
-from swarmlearning.local.config import load_config
 from swarmlearning.local.console import LocalConsole, start_console
 from swarmlearning.local.runner import LocalSwarm, tail
+
+from tests.integration.test_swarm import small_config
 
 pytestmark = pytest.mark.integration
 
@@ -301,22 +302,7 @@ def restart_console(swarm: LocalSwarm, console: LocalConsole, timeout: float = 6
 
 
 def test_console_pages_follow_a_training_with_a_poisoned_site(tmp_path: Path) -> None:
-    base = load_config(DIGITS)
-    swarm_cfg = {
-        "sync_frequency": 4,
-        "min_peers": 2,
-        "merge_method": "mean",
-        "full_quorum_wait": 10,
-        "leader_failure_timeout": 6,
-        "quorum_timeout": 30,
-    }
-    cfg = dataclasses.replace(
-        base,
-        nodes=3,
-        train={"epochs": EPOCHS, "batch_size": 32, "lr": 0.1},
-        swarm=swarm_cfg,
-        timeout_seconds=240,
-    )
+    cfg = dataclasses.replace(small_config(3, train={"epochs": EPOCHS}), timeout_seconds=240)
     # node-3's training program sends NaN weights from round 2 on (tests/chaos/poison.py).
     poisoned = {"node-3": [sys.executable, str(POISON), "--kind", "nan", str(DIGITS / "train.py")]}
     shots = tmp_path / "screenshots"
