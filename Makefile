@@ -89,7 +89,11 @@ chaos: venv testbed
 
 # Benchmarks (not part of `make test`). Flower lives in its own venv .venv-bench (created once by the
 # bench itself, stamp file inside) so its pins never touch .venv. BENCH_ARGS="--quick" or "--only merge".
-bench: venv testbed
+# A full run merges each part into bench/RESULTS.json/.md and README.md's results block (a --quick run
+# only writes bench/results/). Only part operator needs the test bed: `--only` other parts skip building it.
+bench: venv
+	@case " $(BENCH_ARGS) " in *--only*operator*|*--readme*) ;; *--only*) exit 0 ;; esac; \
+	  case " $(BENCH_ARGS) " in *--readme*) ;; *) $(MAKE) --no-print-directory testbed ;; esac
 	$(PY) -m bench $(BENCH_ARGS)
 
 # Coverage-guided fuzzing (atheris) of the parsers of other parties' bytes: FUZZ_SECONDS per target, corpus

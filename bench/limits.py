@@ -43,6 +43,35 @@ def round_bytes(n_peers: int, n_params: int, dtype_bytes: int = FLOAT32_BYTES) -
     return 2 * (n_peers - 1) * n_params * dtype_bytes
 
 
+MERGE_MODES = ("single", "sharded", "secagg")
+"""Round modes the round benchmarks measure: the contract's ``mergeMode`` (``auto`` picks one of the first
+two), and ``secagg``: single-leader rounds with ``secureAggregation`` on."""
+SECAGG_ENTRY_BYTES = 8
+"""A masked input's entries: fixed point in Z/2^64 (``swarmlearning.privacy.secagg``)."""
+
+
+def node_bytes(mode: str, n_peers: int, n_params: int, dtype_bytes: int = FLOAT32_BYTES) -> int:
+    """Model bytes the busiest node must move (in + out) in one sync round of ``n_peers`` in ``mode``.
+
+    - ``single``: one leader downloads the other n_peers - 1 models and serves the merged model to each
+      of them: 2 (N - 1) P b bytes (b = ``dtype_bytes``; the same as :func:`round_bytes`).
+    - ``secagg``: as ``single``, but the N - 1 inputs the leader downloads are masked, 8 bytes per value:
+      (N - 1) P (8 + b) bytes. The key and share messages (O(N^2) of about 200 bytes) are left out.
+    - ``sharded``: the model is cut into N slices of P / N values, slice j merged by node j. Each node
+      sends N - 1 slices of its model to their leaders and receives N - 1 inputs of its own slice, then
+      serves its merged slice to N - 1 nodes and fetches the other N - 1 merged slices: 4 (N - 1) / N P b
+      bytes, half in and half out, about 4 P b whatever N is (rounded down to whole bytes).
+    """
+    _check_positive(n_peers=n_peers, n_params=n_params, dtype_bytes=dtype_bytes)
+    if mode == "single":
+        return 2 * (n_peers - 1) * n_params * dtype_bytes
+    if mode == "sharded":
+        return 4 * (n_peers - 1) * n_params * dtype_bytes // n_peers
+    if mode == "secagg":
+        return (n_peers - 1) * n_params * (SECAGG_ENTRY_BYTES + dtype_bytes)
+    raise ValueError(f"mode must be one of {', '.join(MERGE_MODES)}; got {mode!r}")
+
+
 def bound_seconds(n_bytes: int, bandwidth: Bandwidth) -> float:
     """Lower bound in seconds for moving ``n_bytes`` at the measured bandwidth."""
     if n_bytes < 0:

@@ -3,12 +3,23 @@ and vs the memory-bandwidth lower bound, for N peers x P float32 parameters spli
 
 Lower bound: (N + 1) * P * 4 bytes (read every input once, write the result once) divided by the best
 copy bandwidth measured just before (bytes read + written per second). Geomedian needs several passes by
-nature; its row also gives the bound per pass (iterations + 1 passes: the start point and each update).
+nature; its row also gives the time and the bound per pass (iterations + 1 passes: the start point and
+each update).
+
+Rows per cell: ``swarm merge`` is the compiled kernels (SWARM_MERGE_KERNELS=numba), ``swarm torch code``
+the pure-torch fallback (=torch) on the same inputs, as a baseline measured in the same run. Peers have
+unequal weights (their sample counts); coordmedian and trimmedmean also run with equal weights (Flower's
+median and trimmed mean ignore weights). The baselines also give numba's first-merge cost in a fresh
+process, with an empty and with a warm on-disk cache.
 """
 
 from __future__ import annotations
 
 import gc
+import os
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -31,6 +42,19 @@ FLOWER_LABEL = {
     "trimmed": "flower aggregate_trimmed_avg()",
     "arrayrecords": "flower aggregate_arrayrecords()",
 }
+KERNELS = "swarm merge"
+TORCH_CODE = "swarm torch code"
+IMPL_ENV = {KERNELS: "numba", TORCH_CODE: "torch"}
+# (method, weighting) cells of this project's merge; equal weights only where the path differs.
+SWARM_CELLS = (
+    ("mean", "unequal"),
+    ("coordmedian", "unequal"),
+    ("coordmedian", "equal"),
+    ("geomedian", "unequal"),
+    ("trimmedmean", "unequal"),
+    ("trimmedmean", "equal"),
+)
+GOALS = {"mean": 1.5, "coordmedian": 5.0, "trimmedmean": 5.0, "geomedian": 2.0}
 # 0.25 so Flower's unweighted int(0.25 * N) cut is non-zero for every N in the grid (1, 2, 4 per end).
 TRIM = 0.25
 WORKER = Path(__file__).resolve().parent / "flower" / "aggregate_worker.py"
@@ -136,6 +160,7 @@ def run(config: MergeConfig) -> PartResult:
         gc.collect()  # the models died with _swarm_and_numpy: the Flower worker needs the memory
         rows += _flower_rows(p, shapes, ns, bws, config)
     _add_flower_ratios(rows)
+    baselines.update(jit_costs())
     return PartResult("merge", tuple(rows), baselines, summary=tuple(_summary(rows)))
 
 
@@ -168,41 +193,9 @@ def _swarm_and_numpy(
             f"merge: N={n} P={human(p)}: copy bandwidth {bw.bytes_per_second / 1e9:.1f} GB/s "
             f"({bw.how}), bound {bound * 1e3:.2f} ms"
         )
-        for method in METHODS:
-            predicted = per_elem.get(method, 0.0) * n * p
-            base: dict[str, Value] = {"method": method, "impl": "swarm merge", "N": n, "P": human(p)}
-            if predicted > config.budget_s:
-                rows.append(
-                    Row(
-                        "merge",
-                        f"{method} N={n} P={human(p)}",
-                        base,
-                        {"bound_s": bound},
-                        f"skipped: predicted {predicted:.0f} s > budget {config.budget_s:.0f} s",
-                    )
-                )
-                continue
-
-            def call(
-                method: str = method, sub: list[dict[str, torch.Tensor]] = sub, w: list[int] = w
-            ) -> object:
-                return merge(method, sub, [float(x) for x in w], trim_fraction=TRIM)
-
-            seconds, result = best_time(call)
-            per_elem[method] = max(per_elem.get(method, 0.0), seconds / (n * p))
-            iterations = getattr(result, "iterations", 0)
-            metrics: dict[str, float | int | str | None] = {
-                "seconds": seconds,
-                "bound_s": bound,
-                "x_bound": seconds / bound,
-            }
-            if method == "geomedian":
-                metrics["iterations"] = iterations
-                metrics["x_bound_per_pass"] = seconds / (bound * (iterations + 1))
-            rows.append(Row("merge", f"{method} N={n} P={human(p)}", base, metrics))
-            xb = seconds / bound
-            log(f"merge: swarm {method} N={n} P={human(p)}: {seconds:.3f} s = {xb:.2f}x bound")
-            del result
+        for (method, weighting), impl in [(cell, impl) for cell in SWARM_CELLS for impl in IMPL_ENV]:
+            weights = [1.0] * n if weighting == "equal" else [float(x) for x in w]
+            rows.append(_swarm_row(merge, impl, method, weighting, sub, weights, p, bound, per_elem, config))
         layers = as_numpy[:n]
         for label, fn in (
             ("numpy weighted mean", lambda layers=layers, w=w: numpy_weighted_mean(layers, w)),
@@ -222,6 +215,87 @@ def _swarm_and_numpy(
     return rows, bws
 
 
+def _swarm_row(
+    merge: Callable[..., object],
+    impl: str,
+    method: str,
+    weighting: str,
+    models: list[dict[str, torch.Tensor]],
+    weights: list[float],
+    p: int,
+    bound: float,
+    per_elem: dict[str, float],
+    config: MergeConfig,
+) -> Row:
+    """Time one merge of this project with the kernels or the torch code (``impl``)."""
+    n = len(models)
+    label = method if weighting == "unequal" else f"{method} equal-weights"
+    case = f"{label} N={n} P={human(p)}" if impl == KERNELS else f"torch code {label} N={n} P={human(p)}"
+    base: dict[str, Value] = {"method": method, "impl": impl, "weights": weighting, "N": n, "P": human(p)}
+    key = f"{impl} {method}"
+    predicted = per_elem.get(key, 0.0) * n * p
+    if predicted > config.budget_s:
+        why = f"skipped: predicted {predicted:.0f} s > budget {config.budget_s:.0f} s"
+        return Row("merge", case, base, {"bound_s": bound}, why)
+
+    def call() -> object:
+        return merge(method, models, weights, trim_fraction=TRIM)
+
+    old = os.environ.get("SWARM_MERGE_KERNELS")
+    os.environ["SWARM_MERGE_KERNELS"] = IMPL_ENV[impl]
+    try:
+        seconds, result = best_time(call)
+    finally:
+        if old is None:
+            os.environ.pop("SWARM_MERGE_KERNELS", None)
+        else:
+            os.environ["SWARM_MERGE_KERNELS"] = old
+    per_elem[key] = max(per_elem.get(key, 0.0), seconds / (n * p))
+    metrics: dict[str, Value] = {"seconds": seconds, "bound_s": bound, "x_bound": seconds / bound}
+    if method == "geomedian":
+        passes = getattr(result, "iterations", 0) + 1
+        metrics["iterations"] = passes - 1
+        metrics["s_per_pass"] = seconds / passes
+        metrics["x_bound_per_pass"] = seconds / (bound * passes)
+    log(f"merge: {case} ({impl}): {seconds:.3f} s = {seconds / bound:.2f}x bound")
+    return Row("merge", case, base, metrics)
+
+
+def jit_costs() -> dict[str, Value]:
+    """Seconds of a fresh process's first merges (import of numba, loading or compiling the kernels, and
+    the merges: all four methods on 4 float32 models of 4 Mi values) with an empty on-disk cache, then
+    with the cache it filled, and the same merges once more in that process (the compute alone)."""
+    script = (
+        "import time, torch\n"
+        "from swarmlearning.merge import merge\n"
+        "g = torch.Generator().manual_seed(0)\n"
+        "models = [{'w': torch.randn(1 << 22, generator=g)} for _ in range(4)]\n"
+        "def once():\n"
+        "    t = time.perf_counter()\n"
+        "    for m in ('mean', 'coordmedian', 'trimmedmean', 'geomedian'):\n"
+        "        merge(m, models, [1.0, 2.0, 3.0, 4.0])\n"
+        "    return time.perf_counter() - t\n"
+        "print(once(), once())\n"
+    )
+    out: dict[str, Value] = {}
+    with tempfile.TemporaryDirectory(prefix="bench-numba-cache-") as cache:
+        env = {**os.environ, "NUMBA_CACHE_DIR": cache, "SWARM_MERGE_KERNELS": "numba"}
+        for label in ("empty cache", "warm cache"):
+            done = subprocess.run(
+                [sys.executable, "-c", script],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=1800,
+                check=True,
+            )
+            first, again = (float(x) for x in done.stdout.split())
+            out[f"first 4 merges in a fresh process, {label} (s)"] = first
+            out[f"same 4 merges again in that process, {label} (s)"] = again
+            log(f"merge: numba first merges, {label}: {first:.2f} s (again: {again:.2f} s)")
+    return out
+
+
 def _skip_row(n: int, p: int, why: str) -> Row:
     return Row(
         "merge",
@@ -233,10 +307,21 @@ def _skip_row(n: int, p: int, why: str) -> Row:
 
 
 def _warm_up(merge: Callable[..., object]) -> None:
-    """One tiny merge per method first, so lazy imports and torch's first-call setup are not timed."""
-    tiny = synthetic_models(4, [(64, 16), (16,)])
-    for method in METHODS:
-        merge(method, tiny, [1.0, 2.0, 3.0, 4.0], trim_fraction=TRIM)
+    """A small merge per method and path first, so lazy imports, torch's first-call setup and numba's
+    compilation or cache load (serial and multithreaded kernels) are not timed."""
+    small = synthetic_models(4, [(64, 16), (16,), (1 << 18,)])
+    old = os.environ.get("SWARM_MERGE_KERNELS")
+    try:
+        for env in IMPL_ENV.values():
+            os.environ["SWARM_MERGE_KERNELS"] = env
+            for method in METHODS:
+                for weights in ([1.0, 2.0, 3.0, 4.0], [1.0] * 4):
+                    merge(method, small, weights, trim_fraction=TRIM)
+    finally:
+        if old is None:
+            os.environ.pop("SWARM_MERGE_KERNELS", None)
+        else:
+            os.environ["SWARM_MERGE_KERNELS"] = old
 
 
 def _flower_rows(
@@ -289,8 +374,13 @@ def _add_flower_ratios(rows: list[Row]) -> None:
         for r in rows
         if str(r.params.get("impl", "")).startswith("numpy") and r.metrics.get("seconds") is not None
     }
+    torch_code = {
+        (r.params["method"], r.params["weights"], r.params["N"], r.params["P"]): r.metrics["seconds"]
+        for r in rows
+        if r.params.get("impl") == TORCH_CODE and r.metrics.get("seconds") is not None
+    }
     for i, r in enumerate(rows):
-        if r.params.get("impl") != "swarm merge" or r.metrics.get("seconds") is None:
+        if r.params.get("impl") not in (KERNELS, TORCH_CODE) or r.metrics.get("seconds") is None:
             continue
         key = (r.params["method"], r.params["N"], r.params["P"])
         metrics = dict(r.metrics)
@@ -298,22 +388,31 @@ def _add_flower_ratios(rows: list[Row]) -> None:
         f, npy = flower.get(key), numpy_.get(key)
         metrics["x_flower"] = s / num(f) if f else None
         metrics["x_numpy"] = s / num(npy) if npy else None
+        if r.params["impl"] == KERNELS:
+            t = torch_code.get((r.params["method"], r.params["weights"], r.params["N"], r.params["P"]))
+            metrics["x_torch_code"] = s / num(t) if t else None
         rows[i] = Row(r.part, r.case, r.params, metrics, r.note)
 
 
 def _summary(rows: Sequence[Row]) -> list[str]:
+    """Per method and weighting: the kernels' range against the bound, Flower and the torch code."""
     out = []
-    swarm = [
-        r for r in rows if r.params.get("impl") == "swarm merge" and r.metrics.get("x_bound") is not None
-    ]
-    for method in METHODS:
-        mine = [r for r in swarm if r.params["method"] == method]
+    swarm = [r for r in rows if r.params.get("impl") == KERNELS and r.metrics.get("x_bound") is not None]
+    for method, weighting in SWARM_CELLS:
+        mine = [r for r in swarm if r.params["method"] == method and r.params["weights"] == weighting]
         if not mine:
             continue
-        xb = [num(r.metrics["x_bound"]) for r in mine]
+        metric = "x_bound_per_pass" if method == "geomedian" else "x_bound"
+        xb = [num(r.metrics[metric]) for r in mine]
+        per = " per Weiszfeld pass" if method == "geomedian" else ""
+        line = f"{method} ({weighting} weights): {min(xb):.2f}-{max(xb):.2f}x the bandwidth bound{per}"
+        line += f" (goal <= {GOALS[method]:g}x)"
         xf = [num(r.metrics["x_flower"]) for r in mine if r.metrics.get("x_flower") is not None]
-        line = f"{method}: {min(xb):.2f}-{max(xb):.2f}x the bandwidth bound (goal <= 1.5x)"
         if xf:
-            line += f"; {min(xf):.2f}-{max(xf):.2f}x Flower's time (goal < 1)"
+            goal = "goal <= 0.1" if method != "mean" else "goal < 1"
+            line += f"; {min(xf):.3f}-{max(xf):.3f}x Flower's time ({goal})"
+        xt = [num(r.metrics["x_torch_code"]) for r in mine if r.metrics.get("x_torch_code") is not None]
+        if xt:
+            line += f"; {min(xt):.3f}-{max(xt):.3f}x the torch code's time"
         out.append(line)
     return out

@@ -13,6 +13,13 @@ Two kinds of swarm figures:
   Flower's aggregate function, not Flower's simulation engine. Central and local-only use the
   example's ``fit``. Averaged over seeds (data split and initialisation).
 Accuracy is on the example's common held-out test split.
+
+The recipe is one per dataset for every method (``QualityConfig.epochs``: the same epochs, data split,
+batch size and learning rate for swarm, central and local-only): enough epochs that central training has
+converged (more changes central by < 0.3 points), so a gap is the swarm's, not an under-trained
+baseline's. Each cell also runs the swarm with the contract's merge-side momentum
+(``serverOptimizer: fedavgm``, ``QualityConfig.fedavgm``), in the simulation through the product's own
+``swarmlearning.sl.server_optimizer.FedAvgM`` and for real through the example's flags.
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ from typing import Any
 import numpy as np
 import torch
 import yaml
+from swarmlearning.sl.server_optimizer import FedAvgM, model_only
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -54,6 +62,13 @@ class QualityConfig:
     ns: tuple[int, ...] = (2, 4, 8)
     seeds: tuple[int, ...] = (0, 1, 2)
     real_ns: tuple[int, ...] = (2, 4, 8)
+    epochs: tuple[tuple[str, int], ...] = (("digits", 40), ("breast_cancer", 30))
+    """Epochs per dataset, the same for every method (central has converged at these)."""
+    fedavgm: tuple[float, float] = (1.3, 0.3)
+    """serverLearningRate and serverMomentum of the fedavgm runs (chosen on the simulation, 3 seeds)."""
+
+    def epochs_of(self, dataset: str) -> int | None:
+        return dict(self.epochs).get(dataset)
 
 
 @dataclass(frozen=True)
@@ -81,7 +96,7 @@ def sync_schedule(batches_per_node: Sequence[int], sync_frequency: int) -> list[
     return [[i for i, b in enumerate(batches_per_node) if b > r * sync_frequency] for r in range(rounds)]
 
 
-def load_setup(example: ModuleType, config: Any, seed: int) -> Setup:
+def load_setup(example: ModuleType, config: Any, seed: int, epochs: int | None = None) -> Setup:
     parts = config.partition(seed)
     shards = []
     for shard in parts.nodes:
@@ -93,7 +108,7 @@ def load_setup(example: ModuleType, config: Any, seed: int) -> Setup:
         tuple(shards),
         torch.from_numpy(parts.test.x).float(),
         torch.from_numpy(parts.test.y).long(),
-        int(config.train["epochs"]),
+        int(epochs or config.train["epochs"]),
         int(config.train["batch_size"]),
         float(config.train["lr"]),
         int(config.swarm.get("sync_frequency", 4)),
@@ -109,8 +124,12 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
 Aggregate = Callable[[list[dict[str, torch.Tensor]], list[int]], dict[str, torch.Tensor]]
 
 
-def federated(example: ModuleType, setup: Setup, seed: int, aggregate: Aggregate) -> float:
-    """The example's training loop (SGD + momentum) on every node, merged every sync_frequency batches."""
+def federated(
+    example: ModuleType, setup: Setup, seed: int, aggregate: Aggregate, *, server: FedAvgM | None = None
+) -> float:
+    """The example's training loop (SGD + momentum) on every node, merged every sync_frequency batches;
+    ``server``: the round leader's merge-side momentum step after each merge (its state kept between
+    rounds as the committed blob keeps it)."""
     torch.manual_seed(seed)
     start = example.build_model().state_dict()
     models, opts, iters, loaders = [], [], [], []
@@ -131,6 +150,7 @@ def federated(example: ModuleType, setup: Setup, seed: int, aggregate: Aggregate
     schedule = sync_schedule([setup.epochs * len(ld) for ld in loaders], setup.sync_frequency)
     loss_fn = nn.CrossEntropyLoss()
     merged: dict[str, torch.Tensor] = start
+    committed: dict[str, torch.Tensor] = dict(start)  # the model plus the server optimiser's state
     for active in schedule:
         for i in active:
             models[i].train()
@@ -147,6 +167,9 @@ def federated(example: ModuleType, setup: Setup, seed: int, aggregate: Aggregate
             [{k: v.detach().clone() for k, v in models[i].state_dict().items()} for i in active],
             [counts[i] for i in active],
         )
+        if server is not None:
+            committed = server.step(merged, committed)
+            merged = model_only(committed)
         for i in active:
             models[i].load_state_dict(merged)
     final = example.build_model()
@@ -208,21 +231,36 @@ class FlowerFedAvg:
                 self.proc.wait()
 
 
-def real_swarm(dataset: str, split: str, n: int, work: Path) -> Any:
-    """One run of the real local runtime on a copy of the example with ``split`` and ``n`` nodes."""
+def real_swarm(
+    dataset: str,
+    split: str,
+    n: int,
+    work: Path,
+    *,
+    epochs: int | None = None,
+    swarm: dict[str, Any] | None = None,
+    tag: str = "",
+) -> Any:
+    """One run of the real local runtime on a copy of the example with ``split`` and ``n`` nodes (and
+    ``epochs``, for swarm, central and local-only alike; ``swarm``: extra contract settings)."""
     from swarmlearning.local.cli import run_example
 
-    folder = work / f"{dataset}-{split}-{n}"
+    folder = work / f"{dataset}-{split}-{n}{tag}"
     shutil.copytree(EXAMPLES / dataset, folder / "example")
     cfg_path = folder / "example" / "swarm.yaml"
     raw = yaml.safe_load(cfg_path.read_text())
     raw.setdefault("split", {})["kind"] = split
+    if epochs:
+        raw["train"]["epochs"] = epochs
+    raw["swarm"].update(swarm or {})
+    # Longer runs than the example's: its whole-run timeout scales with the epochs.
+    raw["timeout_seconds"] = max(int(raw.get("timeout_seconds", 600)), 60 * (epochs or 0))
     cfg_path.write_text(yaml.safe_dump(raw))
     lines: list[str] = []
     try:
         return run_example(folder / "example", nodes=n, out=folder / "run", emit=lines.append)
     except Exception:
-        keep_logs(folder / "run" / "logs", f"quality-{dataset}-{split}-{n}")
+        keep_logs(folder / "run" / "logs", f"quality-{dataset}-{split}-{n}{tag}")
         raise
 
 
@@ -260,9 +298,17 @@ def _cell(
 ) -> Row:
     rc = replace(load_config(EXAMPLES / ds, nodes=n), split=split)
     example = load_example(rc)
-    acc: dict[str, list[float]] = {"central": [], "local": [], "swarm": [], "flower": []}
+    epochs = config.epochs_of(ds)
+    server = FedAvgM(*config.fedavgm)
+    acc: dict[str, list[float]] = {"central": [], "local": [], "swarm": [], "flower": [], "fedavgm": []}
+    sizes: list[int] = []
+    rounds = 0
     for seed in config.seeds:
-        setup = load_setup(example, rc, seed)
+        setup = load_setup(example, rc, seed, epochs)
+        sizes = [len(s) for s in setup.shards]
+        rounds = len(
+            sync_schedule([setup.epochs * -(-k // setup.batch_size) for k in sizes], setup.sync_frequency)
+        )
         pooled = TensorDataset(
             torch.cat([s.tensors[0] for s in setup.shards]), torch.cat([s.tensors[1] for s in setup.shards])
         )
@@ -271,47 +317,59 @@ def _cell(
             acc["local"].append(float(np.mean([alone(example, s, setup, seed) for s in setup.shards])))
         acc["swarm"].append(federated(example, setup, seed, swarm_aggregate))
         acc["flower"].append(federated(example, setup, seed, flower))
+        acc["fedavgm"].append(federated(example, setup, seed, swarm_aggregate, server=server))
     mean = {k: 100 * float(np.mean(v)) for k, v in acc.items()}
     metrics: dict[str, float | int | str | None] = {
+        "epochs": setup.epochs,
+        "site_samples": f"{min(sizes)}-{max(sizes)}",
+        "sim_rounds": rounds,
         "central_%": mean["central"],
         "sim_swarm_%": mean["swarm"],
+        "sim_fedavgm_%": mean["fedavgm"],
         "flower_fedavg_%": mean["flower"],
         "local_only_%": mean["local"],
         "sim_swarm_minus_central": mean["swarm"] - mean["central"],
+        "sim_fedavgm_minus_central": mean["fedavgm"] - mean["central"],
         "sim_swarm_minus_flower": mean["swarm"] - mean["flower"],
         "real_swarm_%": None,
+        "real_fedavgm_%": None,
         "real_central_%": None,
         "real_local_only_%": None,
         "real_swarm_minus_central": None,
+        "real_fedavgm_minus_central": None,
         "real_rounds": None,
     }
     note = f"simulation: mean of {len(config.seeds)} seeds"
     log(
-        f"quality: {ds} {split} N={n}: simulated swarm {mean['swarm']:.1f} %, "
-        f"Flower FedAvg {mean['flower']:.1f} %, "
-        f"central {mean['central']:.1f} %, local-only {mean['local']:.1f} %"
+        f"quality: {ds} {split} N={n} ({setup.epochs} epochs, {rounds} rounds, sites hold "
+        f"{metrics['site_samples']} samples): simulated swarm {mean['swarm']:.1f} %, with fedavgm "
+        f"{mean['fedavgm']:.1f} %, Flower FedAvg {mean['flower']:.1f} %, central {mean['central']:.1f} %, "
+        f"local-only {mean['local']:.1f} %"
     )
     if n in config.real_ns:
-        try:
-            res = real_swarm(ds, split, n, work)
-            metrics.update(
-                {
-                    "real_swarm_%": 100 * res.swarm_accuracy,
+        lr, momentum = config.fedavgm
+        fedavgm = {"server_optimizer": "fedavgm", "server_learning_rate": lr, "server_momentum": momentum}
+        for key, extra, tag in (("real_swarm", None, ""), ("real_fedavgm", fedavgm, "-fedavgm")):
+            try:
+                res = real_swarm(ds, split, n, work, epochs=epochs, swarm=extra, tag=tag)
+            except Exception as exc:  # a failed real run is reported, the other cells still run
+                note += f"; real run{tag} failed: {str(exc).splitlines()[0][:200]}"
+                log(f"quality: {ds} {split} N={n}: real run{tag} failed: {exc}")
+                continue
+            metrics[f"{key}_%"] = 100 * res.swarm_accuracy
+            metrics[f"{key}_minus_central"] = 100 * (res.swarm_accuracy - res.central_accuracy)
+            if key == "real_swarm":
+                metrics |= {
                     "real_central_%": 100 * res.central_accuracy,
                     "real_local_only_%": 100 * res.mean_local_only,
-                    "real_swarm_minus_central": 100 * (res.swarm_accuracy - res.central_accuracy),
                     "real_rounds": res.rounds,
                 }
-            )
             ledger = "ok" if res.ledger_ok else "BROKEN"
-            note += f"; real run: {res.rounds} rounds in {res.wall_seconds:.0f} s, ledger {ledger}"
+            note += f"; real run{tag}: {res.rounds} rounds in {res.wall_seconds:.0f} s, ledger {ledger}"
             log(
-                f"quality: {ds} {split} N={n}: real swarm {100 * res.swarm_accuracy:.1f} % vs its central "
-                f"{100 * res.central_accuracy:.1f} % ({res.rounds} rounds, {res.wall_seconds:.0f} s)"
+                f"quality: {ds} {split} N={n}: real swarm{tag} {100 * res.swarm_accuracy:.1f} % vs its "
+                f"central {100 * res.central_accuracy:.1f} % ({res.rounds} rounds, {res.wall_seconds:.0f} s)"
             )
-        except Exception as exc:  # a failed real run is reported, the other cells still run
-            note += f"; real run failed: {str(exc).splitlines()[0][:200]}"
-            log(f"quality: {ds} {split} N={n}: real run failed: {exc}")
     return Row("quality", f"{ds} {split} N={n}", {"dataset": ds, "split": split, "N": n}, metrics, note)
 
 
@@ -319,7 +377,9 @@ def _summary(rows: Sequence[Row]) -> list[str]:
     out = []
     for key, label in (
         ("real_swarm_minus_central", "real swarm"),
+        ("real_fedavgm_minus_central", "real swarm with fedavgm"),
         ("sim_swarm_minus_central", "simulated swarm"),
+        ("sim_fedavgm_minus_central", "simulated swarm with fedavgm"),
     ):
         have = [r for r in rows if r.metrics.get(key) is not None]
         if not have:

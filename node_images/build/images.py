@@ -99,6 +99,7 @@ class ImageSpec:
 
 
 SMOKE_NO_TORCH = "import sys, {mod}; assert 'torch' not in sys.modules, 'torch was imported'"
+SMOKE_ACCOUNTANT = "from swarmlearning.privacy.accountant import site_epsilon; site_epsilon(1.0, 1, 1e-5)"
 SMOKE_NO_PIP = ("sh", "-c", "! python -m pip --version 2>/dev/null")
 """Offline images get no pip (it runs from its wheel during the build)."""
 SPECS: dict[str, ImageSpec] = {
@@ -142,12 +143,15 @@ SPECS: dict[str, ImageSpec] = {
                   smoke=(("python", "-m", "swarmlearning.sl", "--help"),
                          # --help stops before the node's own imports (metrics, peers, merge) are loaded
                          ("python", "-c", "import swarmlearning.sl.node, swarmlearning.sl.metrics"),
+                         # the accountant site-level DP needs (dp-accounting, scipy), run once
+                         ("python", "-c", SMOKE_ACCOUNTANT),
                          SMOKE_NO_PIP)),
         ImageSpec(
             "ml", "node_images/Dockerfile.ml", "torch-base", ("torch", "node", "ml-torch"), project=True,
             smoke=(
                 ("tini", "--", "python", "-c", "from swarmlearning.pyt import SwarmCallback"),
                 ("python", "-c", "import torchvision, torchmetrics"),
+                ("python", "-c", "import swarmlearning.pyt.privacy"),  # DP-SGD: Opacus
                 ("python", "-m", "swarmlearning.demo.digits", "--help"),
                 SMOKE_NO_PIP,
             ),

@@ -11,7 +11,7 @@ import kopf
 import prometheus_client
 
 from . import handlers
-from .kube import Kube
+from .kube import Kube, ObjectCache
 from .ledger_reader import LedgerReader
 from .reconcile.context import Context
 from .settings import OperatorConfig
@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         # One line per handler run would drown our transition logs; Kopf's warnings and errors stay.
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
         logging.getLogger("aiohttp.access").setLevel(logging.WARNING)  # every liveness probe
-    kube = Kube.connect()
+    kube = Kube.connect(cache=ObjectCache())
     ledger = None
     if config.ledger_poll_seconds > 0:
         ledger = LedgerReader(

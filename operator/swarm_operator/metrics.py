@@ -26,6 +26,12 @@ NETWORK_MEMBERS_READY = Gauge(
     "swarm_operator_network_members_ready", "Ready SN members of a network.", ["namespace", "network"]
 )
 
+API_REQUESTS = Counter(
+    "swarm_operator_api_requests_total",
+    "Kubernetes API requests of the reconcilers (kube.py; not Kopf's watches), by verb and kind.",
+    ["verb", "kind"],
+)
+
 _PHASES = ("Pending", "Waiting", "Running", "Succeeded", "Failed")
 _lock = threading.Lock()
 _task_phase: dict[tuple[str, str], str] = {}

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 import kopf
 
+from .kube import CACHED_CORE, CHILD_SELECTOR
+
 
 @dataclass(frozen=True)
 class OperatorConfig:
@@ -85,5 +87,9 @@ def apply(settings: kopf.OperatorSettings, config: OperatorConfig) -> None:
     # ours (kopf's status field exists but stays empty).
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="swarmlearning.dev")
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="swarmlearning.dev")
+    # The core kinds are watched for the cache (handlers/cache.py): only the operator's own children,
+    # selected on the server, so other pods and Secrets (tokens, Helm releases) are neither sent nor kept.
+    for group, version, plural in CACHED_CORE.values():
+        settings.watching.label_selectors[(group, version, plural)] = CHILD_SELECTOR
     # No peering objects: one operator replica, run with --standalone (see docs/operator.md).
     settings.peering.standalone = True

@@ -65,6 +65,20 @@ def _enum(spec: Mapping[str, Any], key: str, default: str, allowed: tuple[str, .
     return str(value)
 
 
+def _merge_method(sync: Mapping[str, Any]) -> str:
+    """spec.sync.mergeMethod: a built-in, or ``plugin:<name>`` (not a built-in's name)."""
+    value = sync.get("mergeMethod", "mean")
+    if value in MERGE_METHODS:
+        return str(value)
+    if not isinstance(value, str) or not PLUGIN_METHOD_RE.match(value) or value[7:] in MERGE_METHODS:
+        raise SpecError(
+            f"spec.sync.mergeMethod must be one of {', '.join(MERGE_METHODS)} or plugin:<name> (name: "
+            "1-63 lower-case letters, digits, '.', '_', '-', starting alphanumeric, not a built-in's), "
+            f"got {value!r}"
+        )
+    return value
+
+
 def _map(spec: Mapping[str, Any], key: str) -> dict[str, Any]:
     value = spec.get(key) or {}
     if not isinstance(value, Mapping):
@@ -84,6 +98,11 @@ def default_image(role: str, builtin: str) -> str:
 PULL_POLICIES = ("Always", "IfNotPresent", "Never")
 SERVICE_TYPES = ("ClusterIP", "NodePort", "LoadBalancer")
 MERGE_METHODS = ("mean", "coordmedian", "geomedian", "trimmedmean", "krum", "multikrum")
+MERGE_MODES = ("auto", "single", "sharded")
+MERGE_FALLBACKS = ("none", *MERGE_METHODS)
+SERVER_OPTIMIZERS = ("none", "fedavgm")
+PLUGIN_METHOD_RE = re.compile(r"^plugin:[a-z0-9][a-z0-9._-]{0,62}$")
+"""``mergeMethod: plugin:<name>``: swarmlearning.client.params's rule, repeated (no runtime import)."""
 CHECKIN_MODES = ("snapshot", "active", "inactive")
 CONTRACT_RE = re.compile(r"^[a-z0-9]([-a-z0-9_.]{0,61}[a-z0-9])?$")
 """The ledger's contract-name rule (swarmlearning.ledger refuses any other name)."""
@@ -222,6 +241,13 @@ class SyncSpec:
     max_peers: int = 0
     contract: str | None = None
     merge_method: str = "mean"
+    merge_mode: str = "auto"
+    merge_fallback: str = "none"
+    """With a ``plugin:<name>`` merge_method, the built-in merged with when the plugin fails."""
+    server_optimizer: str = "none"
+    """The round leader's step on the merged update: none or fedavgm (server lr and momentum)."""
+    server_learning_rate: float = 1.0
+    server_momentum: float = 0.0
     trim_fraction: float = 0.1
     byzantine: int = 0
     adaptive: bool = False
@@ -230,6 +256,59 @@ class SyncSpec:
     full_quorum_wait_seconds: int = 30
     leader_failure_timeout_seconds: int = 600
     quorum_timeout_seconds: int = 1800
+
+
+@dataclass(frozen=True)
+class PrivacySpec:
+    """SwarmTask.spec.privacy: site-level DP (``clip_norm`` 0 = off) and secure aggregation."""
+
+    clip_norm: float = 0.0
+    noise_multiplier: float = 1.0
+    delta: float = 1e-5
+    epsilon_budget: float = 0.0
+    on_budget_spent: str = "stop"
+    secure_aggregation: bool = False
+    threshold: float = 0.0
+
+    @classmethod
+    def parse(
+        cls, spec: Mapping[str, Any], merge_method: str, merge_mode: str, server_optimizer: str = "none"
+    ) -> PrivacySpec:
+        privacy = _map(spec, "privacy")
+        p = "spec.privacy"
+        site = privacy.get("siteDp") or {}
+        secagg = privacy.get("secureAggregation") or {}
+        if not isinstance(site, Mapping) or not isinstance(secagg, Mapping):
+            raise SpecError(f"{p}.siteDp and {p}.secureAggregation must be objects")
+        clip = 0.0
+        if site:
+            clip = _float(site, "clipNorm", 0.0, 0.0, 1e6, f"{p}.siteDp")
+            if clip <= 0:
+                raise SpecError(f"{p}.siteDp.clipNorm must be a number > 0 (up to 1e6), got {clip!r}")
+        delta = _float(site, "delta", 1e-5, 0.0, 0.1, f"{p}.siteDp")
+        if delta <= 0:
+            raise SpecError(f"{p}.siteDp.delta must be a number in (0, 0.1], got {delta!r}")
+        enabled = bool(secagg.get("enabled", False))
+        if enabled and merge_method != "mean":
+            raise SpecError(
+                f"{p}.secureAggregation.enabled needs spec.sync.mergeMethod mean, got {merge_method!r}"
+            )
+        if enabled and merge_mode == "sharded":
+            raise SpecError(f"{p}.secureAggregation.enabled needs spec.sync.mergeMode auto or single")
+        if enabled and server_optimizer != "none":
+            raise SpecError(f"{p}.secureAggregation.enabled needs spec.sync.serverOptimizer none")
+        threshold = _float(secagg, "threshold", 0.0, 0.0, 1.0, f"{p}.secureAggregation")
+        if threshold and threshold < 0.5:
+            raise SpecError(f"{p}.secureAggregation.threshold must be 0 (= 2/3) or 0.5-1, got {threshold}")
+        return cls(
+            clip_norm=clip,
+            noise_multiplier=_float(site, "noiseMultiplier", 1.0, 0.1, 100.0, f"{p}.siteDp"),
+            delta=delta,
+            epsilon_budget=_float(site, "epsilonBudget", 0.0, 0.0, 1e4, f"{p}.siteDp"),
+            on_budget_spent=_enum(site, "onBudgetSpent", "stop", ("stop", "warn"), f"{p}.siteDp"),
+            secure_aggregation=enabled,
+            threshold=threshold,
+        )
 
 
 @dataclass(frozen=True)
@@ -252,6 +331,7 @@ class TaskSpec:
     resources: dict[str, Any] | None = None
     gpus: int | None = None
     model_output_path: str = "/data/swarm-output"
+    privacy: PrivacySpec = PrivacySpec()
 
     def contract(self, task_name: str) -> str:
         """The training contract: spec.sync.contract, defaulting to the task name."""
@@ -277,7 +357,7 @@ class TaskSpec:
         if peers < min_peers:
             raise SpecError(f"spec.peers must be >= spec.sync.minPeers ({min_peers}), got {peers}")
         weightage = sync.get("nodeWeightage")
-        merge_method = _enum(sync, "mergeMethod", "mean", MERGE_METHODS, s)
+        merge_method = _merge_method(sync)
         byzantine = _int(sync, "byzantine", 0, 0, 498, s)
         contract = sync.get("contract") or None
         if contract is not None and not (isinstance(contract, str) and CONTRACT_RE.match(contract)):
@@ -296,6 +376,18 @@ class TaskSpec:
                 raise SpecError(f"spec.env entries need a name, got {item!r}")
             env.append((str(item["name"]), str(item.get("value", ""))))
         gpus = spec.get("gpus")
+        merge_mode = _enum(sync, "mergeMode", "auto", MERGE_MODES, s)
+        server_optimizer = _enum(sync, "serverOptimizer", "none", SERVER_OPTIMIZERS, s)
+        if server_optimizer != "none" and merge_mode == "sharded":
+            raise SpecError(
+                f"spec.sync.mergeMode must be auto or single with serverOptimizer {server_optimizer} (its "
+                "state is whole-model), got 'sharded'"
+            )
+        if merge_method.startswith("plugin:") and merge_mode == "sharded":
+            raise SpecError(
+                "spec.sync.mergeMode must be auto or single for a plugin:<name> mergeMethod (a plugin "
+                f"merges whole models on the round's leader), got {merge_mode!r}"
+            )
         return cls(
             network=network,
             peers=peers,
@@ -305,6 +397,11 @@ class TaskSpec:
                 max_peers=max_peers,
                 contract=contract,
                 merge_method=merge_method,
+                merge_mode=merge_mode,
+                merge_fallback=_enum(sync, "mergeFallback", "none", MERGE_FALLBACKS, s),
+                server_optimizer=server_optimizer,
+                server_learning_rate=_float(sync, "serverLearningRate", 1.0, 0.01, 10.0, s),
+                server_momentum=_float(sync, "serverMomentum", 0.0, 0.0, 0.99, s),
                 trim_fraction=_float(sync, "trimFraction", 0.1, 0.0, 0.49, s),
                 byzantine=byzantine,
                 adaptive=bool(sync.get("adaptive", False)),
@@ -329,4 +426,5 @@ class TaskSpec:
             resources=dict(spec["resources"]) if spec.get("resources") else None,
             gpus=None if gpus is None else _int(spec, "gpus", None, 0, 16, p),
             model_output_path=out_path,
+            privacy=PrivacySpec.parse(spec, merge_method, merge_mode, server_optimizer),
         )

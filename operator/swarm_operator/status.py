@@ -95,6 +95,15 @@ def differs(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> bool:
     return any(old.get(k) != v for k, v in new.items())
 
 
+def status_patch(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The merge patch taking status `old` to `new`: only the top-level fields that change (unchanged
+    ones, e.g. a task's list of 2,000 peers, are not sent again), None when nothing changes. A None
+    value in `new` removes the field (merge patch)."""
+    old = old or {}
+    patch = {k: v for k, v in new.items() if old.get(k) != v}
+    return patch or None
+
+
 def transitioned(old: Mapping[str, Any] | None, new: Sequence[Mapping[str, Any]], type_: str) -> bool:
     """True when condition `type_` is new or changed status or reason (worth a Kubernetes Event)."""
     before = find((old or {}).get("conditions"), type_)

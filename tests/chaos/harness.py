@@ -139,7 +139,9 @@ class LeaderWatch:
 
     def __init__(self, endpoints: list[str], admin: pki.NodeCert) -> None:
         self.endpoints, self.admin = endpoints, admin
-        self.events: queue.Queue[tuple[str, int]] = queue.Queue()
+        self.events: queue.Queue[tuple[str, int, str]] = queue.Queue()
+        """(node, round, what): ``what`` is the attempt of a round's leadership, ``s<slice>.<attempt>``
+        of a slice's (sharded merge)."""
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="leader-watch", daemon=True)
 
@@ -169,7 +171,7 @@ class LeaderWatch:
                         for e in await changes.get(timeout=0.5):
                             parts = e.kv.key[len(keys.NODES) :].split("/")
                             if e.type == "put" and len(parts) == 5 and parts[1] == "leader":
-                                self.events.put((parts[0], int(parts[3])))
+                                self.events.put((parts[0], int(parts[3]), parts[4]))
             except (EtcdError, OSError, TimeoutError):
                 await asyncio.sleep(0.5)  # an SN fault: watch again through another member
 
@@ -331,7 +333,7 @@ class ChaosRun:
         deadline = time.time() + LEADER_WAIT_S
         while time.time() < deadline:
             try:
-                name, _round = self.watch.events.get(timeout=0.2)
+                name, _round, _what = self.watch.events.get(timeout=0.2)
                 return name
             except queue.Empty:
                 self._tick(time.time())

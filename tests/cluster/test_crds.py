@@ -117,6 +117,17 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
     ("swt-maxRestarts-101", task(failurePolicy={"maxRestarts": 101}), "spec.failurePolicy.maxRestarts"),
     # bad enums
     ("swt-mergeMethod-fedavg", task(sync={"mergeMethod": "fedavg"}), "spec.sync.mergeMethod"),
+    ("swt-mergeMode-ring", task(sync={"mergeMode": "ring"}), "spec.sync.mergeMode"),
+    ("swt-plugin-empty", task(sync={"mergeMethod": "plugin:"}), "spec.sync.mergeMethod"),
+    ("swt-plugin-upper", task(sync={"mergeMethod": "plugin:Bad"}), "spec.sync.mergeMethod"),
+    ("swt-plugin-builtin", task(sync={"mergeMethod": "plugin:mean"}), "spec.sync.mergeMethod"),
+    (
+        "swt-plugin-sharded",
+        task(sync={"mergeMethod": "plugin:x", "mergeMode": "sharded"}),
+        "spec.sync.mergeMode",
+    ),
+    ("swt-mergeFallback-plugin", task(sync={"mergeFallback": "plugin:x"}), "spec.sync.mergeFallback"),
+    ("swt-fallback-krum-minPeers-2", task(sync={"mergeFallback": "krum"}), "spec.sync.minPeers"),
     (
         "swt-checkinModelOnTrainEnd-always",
         task(sync={"checkinModelOnTrainEnd": "always"}),
@@ -185,6 +196,60 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
         "swt-selector-in-without-values",
         task(nodeSelector={"matchExpressions": [{"key": "k", "operator": "In", "values": []}]}),
         "spec.nodeSelector.matchExpressions[0]",
+    ),
+    (
+        "swt-secagg-krum",
+        task(sync={"mergeMethod": "krum", "minPeers": 3}, privacy={"secureAggregation": {"enabled": True}}),
+        "spec.privacy.secureAggregation.enabled",
+    ),
+    (
+        "swt-secagg-plugin",
+        task(sync={"mergeMethod": "plugin:x"}, privacy={"secureAggregation": {"enabled": True}}),
+        "spec.privacy.secureAggregation.enabled",
+    ),
+    (
+        "swt-secagg-sharded",
+        task(sync={"mergeMode": "sharded"}, privacy={"secureAggregation": {"enabled": True}}),
+        "spec.privacy.secureAggregation.enabled",
+    ),
+    (
+        "swt-secagg-fedavgm",
+        task(sync={"serverOptimizer": "fedavgm"}, privacy={"secureAggregation": {"enabled": True}}),
+        "spec.privacy.secureAggregation.enabled",
+    ),
+    (
+        "swt-fedavgm-sharded",
+        task(sync={"serverOptimizer": "fedavgm", "mergeMode": "sharded"}),
+        "spec.sync.mergeMode",
+    ),
+    ("swt-server-lr-0", task(sync={"serverLearningRate": 0}), "spec.sync.serverLearningRate"),
+    ("swt-server-lr-0.001", task(sync={"serverLearningRate": 0.001}), "spec.sync.serverLearningRate"),
+    ("swt-server-momentum-1", task(sync={"serverMomentum": 1}), "spec.sync.serverMomentum"),
+    (
+        "swt-secagg-threshold",
+        task(privacy={"secureAggregation": {"enabled": True, "threshold": 0.3}}),
+        "spec.privacy.secureAggregation.threshold",
+    ),
+    ("swt-sitedp-clip-0", task(privacy={"siteDp": {"clipNorm": 0}}), "spec.privacy.siteDp.clipNorm"),
+    (
+        "swt-sitedp-no-clip",
+        task(privacy={"siteDp": {"noiseMultiplier": 1.0}}),
+        "spec.privacy.siteDp.clipNorm",
+    ),
+    (
+        "swt-sitedp-noise-int-0",
+        task(privacy={"siteDp": {"clipNorm": 1, "noiseMultiplier": 0}}),
+        "spec.privacy.siteDp.noiseMultiplier",
+    ),
+    (
+        "swt-sitedp-noise",
+        task(privacy={"siteDp": {"clipNorm": 1, "noiseMultiplier": 0.01}}),
+        "spec.privacy.siteDp.noiseMultiplier",
+    ),
+    (
+        "swt-sitedp-on-spent",
+        task(privacy={"siteDp": {"clipNorm": 1, "onBudgetSpent": "ignore"}}),
+        "spec.privacy.siteDp.onBudgetSpent",
     ),
     ("swt-workingDir-relative", task(workingDir="app"), "spec.workingDir"),
     ("swt-command-nul", task(command=["python\u0000"]), "spec.command[0]"),
@@ -269,6 +334,19 @@ def test_immutable_field_change_is_rejected(
     assert ok.returncode == 0
 
 
+def test_merge_plugin_is_accepted(cluster: Cluster, crds: tuple[str, ...], namespace: str) -> None:
+    """plugin:<name> with a fallback is a valid merge (the CRD's pattern and CEL rules let it through)."""
+    plugin = task(sync={"mergeMethod": "plugin:clipped.mean_v2-x", "mergeFallback": "trimmedmean"})
+    result = create(cluster, namespace, plugin)
+    assert result.returncode == 0, result.stderr
+    sync = get(cluster, namespace, "swarmtask", "train")["spec"]["sync"]
+    assert (sync["mergeMethod"], sync["mergeFallback"], sync["mergeMode"]) == (
+        "plugin:clipped.mean_v2-x",
+        "trimmedmean",
+        "auto",
+    )
+
+
 def test_defaults_are_applied(cluster: Cluster, crds: tuple[str, ...], namespace: str) -> None:
     minimal_network = {"apiVersion": API, "kind": "SwarmNetwork", "metadata": {"name": "net"}}
     result = create(cluster, namespace, minimal_network, node(), task())
@@ -298,6 +376,11 @@ def test_defaults_are_applied(cluster: Cluster, crds: tuple[str, ...], namespace
         "minPeers": 2,
         "maxPeers": 0,
         "mergeMethod": "mean",
+        "mergeMode": "auto",
+        "mergeFallback": "none",
+        "serverOptimizer": "none",
+        "serverLearningRate": 1.0,
+        "serverMomentum": 0.0,
         "trimFraction": 0.1,
         "byzantine": 0,
         "adaptive": False,
@@ -310,6 +393,23 @@ def test_defaults_are_applied(cluster: Cluster, crds: tuple[str, ...], namespace
     assert swt["modelOutput"] == {"path": "/data/swarm-output"}
     assert (swt["totalEpochs"], swt["prerequisites"], swt["nodeSelector"]) == (0, [], {})
     assert "image" not in swt and "gpus" not in swt  # unset = the LearningNode's
+    assert "privacy" not in swt  # nothing beyond locality unless asked for
+
+    private = task(privacy={"siteDp": {"clipNorm": 2.5}, "secureAggregation": {"enabled": True}})
+    private["metadata"]["name"] = "private"
+    result = create(cluster, namespace, private)
+    assert result.returncode == 0, result.stderr
+    privacy = get(cluster, namespace, "swarmtask", "private")["spec"]["privacy"]
+    assert privacy == {
+        "siteDp": {
+            "clipNorm": 2.5,
+            "noiseMultiplier": 1.0,
+            "delta": 1e-5,
+            "epsilonBudget": 0,
+            "onBudgetSpent": "stop",
+        },
+        "secureAggregation": {"enabled": True, "threshold": 0},
+    }
 
 
 STATUS: dict[str, dict[str, Any]] = {

@@ -36,6 +36,9 @@ REST_PORT = 30306
 READY_TIMEOUT = 240.0
 """Seconds for the SN member and the console pod to be Ready after the network is applied (pod start, image
 already in containerd)."""
+LEDGER_ACCESS_TIMEOUT = 90.0
+"""Seconds for ConsoleLedgerAccess once the console answers: the background etcd user creation, then the
+reconcile that reports it (the operator resyncs every 30 s)."""
 REQUEST_TIMEOUT = 20.0
 
 MANIFESTS = yaml.safe_dump_all(
@@ -117,10 +120,14 @@ class Console:
         ).stdout.strip()
 
 
-def _console_ready(swarm: Swarm) -> dict[str, Any] | None:
+def _condition(swarm: Swarm, kind: str) -> dict[str, Any]:
     st = swarm.get("swarmnetwork", NETWORK).get("status") or {}
-    cond: dict[str, Any] = next((c for c in st.get("conditions") or () if c["type"] == "ConsoleReady"), {})
-    return st if cond.get("status") == "True" and st.get("phase") == "Ready" else None
+    return next((c for c in st.get("conditions") or () if c["type"] == kind), {})
+
+
+def _console_ready(swarm: Swarm) -> bool:
+    st = swarm.get("swarmnetwork", NETWORK).get("status") or {}
+    return _condition(swarm, "ConsoleReady").get("status") == "True" and st.get("phase") == "Ready"
 
 
 @pytest.fixture(scope="module")
@@ -154,10 +161,14 @@ def test_the_rest_service_answers_a_client_certificate_with_the_network(console:
     assert body["name"] == NETWORK
     assert [m["name"] for m in body["sn_members"]] == [f"{NETWORK}-sn-0"]
     assert isinstance(body["ledger"]["height"], int), body
-    # The console reads the ledger as its own etcd user, which the operator provisioned.
-    st = console.swarm.get("swarmnetwork", NETWORK)["status"]
-    access = next(c for c in st["conditions"] if c["type"] == "ConsoleLedgerAccess")
-    assert access["status"] == "True", access
+    # The console reads the ledger as its own etcd user, which the operator provisions in the background;
+    # the condition turns True at the reconcile after the user exists (at the latest the next resync).
+    poll(
+        "ConsoleLedgerAccess True (the console's etcd user provisioned)",
+        lambda: _condition(console.swarm, "ConsoleLedgerAccess").get("status") == "True",
+        LEDGER_ACCESS_TIMEOUT,
+        console.swarm.diagnose,
+    )
 
 
 def test_a_service_account_token_needs_the_viewer_binding(console: Console) -> None:

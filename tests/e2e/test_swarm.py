@@ -30,7 +30,7 @@ from typing import Any, TypeVar
 import pytest
 import yaml
 
-from tests.testbed.cluster import Cluster
+from tests.testbed.cluster import Cluster, RealNodeCluster
 
 pytestmark = pytest.mark.e2e
 
@@ -112,15 +112,15 @@ class Swarm:
 
     def diagnose(self) -> str:
         """What a person would look at when a wait times out: resources, pods, events, operator log."""
-        parts = []
-        for args in (
-            ("get", "swarm,pods,pvc", "-n", self.ns, "-o", "wide"),
-            ("get", "events", "-n", self.ns, "--sort-by=.lastTimestamp"),
-            ("get", "pods", "-n", OPERATOR_NS, "-o", "wide"),
-            ("logs", "-n", OPERATOR_NS, "deploy/swarm-swarm-learning", "--tail=40"),
-        ):
-            r = self.cluster.kubectl(*args, check=False)
-            parts.append(f"$ kubectl {' '.join(args)}\n{(r.stdout + r.stderr)[-4000:]}")
+        parts = [
+            self.cluster.kubectl_shown(*args)
+            for args in (
+                ("get", "swarm,pods,pvc", "-n", self.ns, "-o", "wide"),
+                ("get", "events", "-n", self.ns, "--sort-by=.lastTimestamp"),
+                ("get", "pods", "-n", OPERATOR_NS, "-o", "wide"),
+                ("logs", "-n", OPERATOR_NS, "deploy/swarm-swarm-learning", "--tail=40"),
+            )
+        ]
         for pod in self.items("pods"):
             name = pod["metadata"]["name"]
             for c in ("sl", "ml", "sn"):
@@ -242,14 +242,18 @@ def _values_for_local_images() -> list[str]:
 def installed_swarm(cluster: Cluster, work: Path, ns: str, manifests: str) -> Iterator[Swarm]:
     """`helm install` the chart (release ``swarm``), apply ``manifests`` (YAML) in a new namespace ``ns``;
     afterwards delete the namespace (waiting up to 180 s, so the next module's pods do not share the
-    machine with these) and uninstall the chart."""
+    machine with these) and uninstall the chart, also when the install failed (a failed release keeps
+    its name, and the next module's install would be refused)."""
     s = Swarm(cluster, work, time.monotonic(), ns)
-    s.cluster.helm(
-        "install", "swarm", str(CHART), "-n", OPERATOR_NS, "--create-namespace",
-        *_values_for_local_images(), "--wait", "--timeout", "300s",
-        timeout=360,
-    )  # fmt: skip
     try:
+        installed = s.cluster.helm(
+            "install", "swarm", str(CHART), "-n", OPERATOR_NS, "--create-namespace",
+            *_values_for_local_images(), "--wait", "--timeout", "300s",
+            check=False, timeout=360,
+        )  # fmt: skip
+        if installed.returncode != 0:
+            found = cluster.diagnose(OPERATOR_NS) if isinstance(cluster, RealNodeCluster) else ""
+            raise AssertionError(f"helm install of the chart failed:\n{installed.stderr.strip()}\n{found}")
         s.cluster.kubectl("create", "namespace", ns)
         s.cluster.kubectl("apply", "-n", ns, "-f", "-", input=manifests)
         yield s
@@ -342,7 +346,10 @@ def test_digits_task_trains_in_pods_and_succeeds_with_ledger_status(swarm: Swarm
     assert st["ledgerHeight"] > st["round"], st
     for pod in swarm.items("pods", "-l", f"swarmlearning.dev/task={TASK}"):
         (sl,) = pod["status"]["initContainerStatuses"]
-        assert sl["restartCount"] == 0, f"the SL sidecar of {pod['metadata']['name']} exited on its own"
+        if sl["restartCount"]:
+            name = pod["metadata"]["name"]
+            log = swarm.cluster.kubectl_shown("logs", "-n", swarm.ns, name, "-c", sl["name"], "--previous")
+            pytest.fail(f"the SL sidecar of {name} exited on its own: {sl}\n{log}")
     for node in st["nodes"]:
         assert node["phase"] == "Succeeded", node
         assert node["round"] >= 1 and node["loss"] >= 0 and 0 < node["metric"] <= 1, node

@@ -59,6 +59,17 @@ def test_example_runs_with_swarmctl(example: Path, tmp_path: Path) -> None:
     assert "swarm accuracy" in proc.stdout and "central reference" in proc.stdout
     assert "final merged model identical on every node: yes" in proc.stdout
     assert "OK:" in (out / "ledger-verify.txt").read_text()
+    swarm = load_config(example).swarm
+    if (
+        swarm.get("secure_aggregation")
+        or swarm.get("site_dp_clip_norm")
+        or swarm.get("dp_sgd_noise_multiplier")
+    ):
+        # A private example says what it spent: every option it turns on shows in the privacy line.
+        line = next((x for x in proc.stdout.splitlines() if x.startswith("privacy: ")), "")
+        assert ("site-level DP epsilon" in line) == bool(swarm.get("site_dp_clip_norm")), line
+        assert ("DP-SGD epsilon per node" in line) == bool(swarm.get("dp_sgd_noise_multiplier")), line
+        assert ("secure aggregation in" in line) == bool(swarm.get("secure_aggregation")), line
     for produced in ("model.safetensors", "metrics.csv", "curves.png", "ledger.json", "results.json"):
         assert (out / produced).is_file(), produced
     assert not processes_mentioning(str(out))

@@ -20,7 +20,7 @@ from tests.chaos.netns import SwarmNet
 from tests.chaos.swarm import ChaosSwarm, attach_root
 from tests.integration.test_swarm import (
     DIGITS,
-    ROOT,
+    POISON,
     assert_all_succeeded,
     assert_identical,
     close_records,
@@ -32,8 +32,6 @@ from tests.integration.test_swarm import (
 )
 
 pytestmark = pytest.mark.integration
-
-POISON = ROOT / "tests" / "chaos" / "poison.py"
 
 
 def _poisoned(kind: str) -> list[str]:

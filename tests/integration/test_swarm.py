@@ -28,6 +28,8 @@ pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 DIGITS = ROOT / "examples" / "local" / "digits"
+POISON = ROOT / "tests" / "chaos" / "poison.py"
+"""A training program whose SwarmCallback sends poisoned weights (see tests/chaos/poison.py)."""
 T = TypeVar("T")
 
 

@@ -21,6 +21,7 @@ from tests.testbed.binaries import Binaries, TestbedError
 from tests.testbed.controlplane import ControlPlane, running_records
 from tests.testbed.images import Ctr, ImageManifest, ImportResult, import_manifest
 from tests.testbed.nodes import KwokNodes, NodeBackend
+from tests.testbed.processes import log_tail
 from tests.testbed.realnode import RealNode, reclaim
 
 
@@ -105,6 +106,12 @@ class Cluster:
         """Run kubectl against this cluster; ``timeout`` in seconds. Raises AssertionError if check fails."""
         return self._run([str(self.kubectl_bin), *args], input, check, timeout)
 
+    def kubectl_shown(self, *args: str, tail: int = 4000) -> str:
+        """``$ kubectl <args>`` and the last ``tail`` characters of what it printed (failing or not), for
+        the diagnostics of a failed test."""
+        got = self.kubectl(*args, check=False)
+        return f"$ kubectl {' '.join(args)}\n{(got.stdout + got.stderr)[-tail:]}"
+
     def helm(self, *args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess[str]:
         """Run helm against this cluster; ``timeout`` in seconds. Raises AssertionError if check fails."""
         return self._run([str(self.helm_bin), *args], None, check, timeout)
@@ -154,8 +161,21 @@ class RealNodeCluster(Cluster):
             time.sleep(0.5)
         raise AssertionError(
             f"pod {namespace}/{name} did not reach {'/'.join(phases)} within {timeout:g} s; "
-            f"last status: {json.dumps(pod.get('status', {}))[:1500]}"
+            f"last status: {json.dumps(pod.get('status', {}))[:1500]}\n{self.diagnose(namespace, name)}"
         )
+
+    def diagnose(self, namespace: str, pod: str | None = None) -> str:
+        """What a person would look at when pods do not start: objects, the pod's description, events and
+        the node's logs (kubelet, containerd, local-path-provisioner)."""
+        commands: list[tuple[str, ...]] = [("get", "pods,pvc,pv,nodes", "-A", "-o", "wide")]
+        if pod:
+            commands.append(("describe", "pod", pod, "-n", namespace))
+        commands.append(("get", "events", "-A", "--sort-by=.lastTimestamp"))
+        parts = [self.kubectl_shown(*args) for args in commands]
+        logs = self.kubeconfig.parent / "logs"
+        for name in ("kubelet", "containerd", "local-path-provisioner"):
+            parts.append(f"--- {name}.log\n{log_tail(logs / f'{name}.log', lines=30)}")
+        return "\n".join(parts)
 
     def logs(self, namespace: str, name: str, container: str | None = None) -> str:
         """The pod's (or one container's) log, as the kubelet serves it."""

@@ -83,9 +83,11 @@ class ControlPlane:
         binaries: Binaries | None = None,
         nodes: NodeBackend | Sequence[NodeBackend] | None = None,
         die_with_parent: bool = True,
+        audit_log: bool = False,
     ) -> None:
         """``nodes``: one backend or several (started in order; at most one may ask for an API address),
-        default ``KwokNodes()``."""
+        default ``KwokNodes()``. ``audit_log``: the API server writes an audit log (level Metadata, one
+        JSON line per request when it completes: user, user agent, verb, URI) to ``audit_log_path``."""
         self.state_dir = state_dir
         self.binaries = binaries or Binaries.in_cache()
         if nodes is None:
@@ -96,6 +98,8 @@ class ControlPlane:
         self.nodes: NodeBackend = self.backends[0]  # the first backend (compatibility with one backend)
         self.api_ip = "127.0.0.1"  # where the API server listens (a real node's bridge address with one)
         self.die_with_parent = die_with_parent
+        self.audit_log = audit_log
+        self.audit_log_path = state_dir / "logs" / "audit.log"
         self.log_dir = state_dir / "logs"
         self.kubeconfig = state_dir / "admin.kubeconfig"
         self.server = ""
@@ -310,8 +314,31 @@ class ControlPlane:
             f"--proxy-client-cert-file={pki.front_proxy_client.cert}",
             f"--proxy-client-key-file={pki.front_proxy_client.key}",
             *network,
+            *self._audit_argv(),
             "--allow-privileged=true",
             "--profiling=false",
+        ]
+
+    def _audit_argv(self) -> list[str]:
+        if not self.audit_log:
+            return []
+        policy = self.state_dir / "audit-policy.yaml"
+        # One event per request, at ResponseComplete (a watch: when it ends), without bodies.
+        policy.write_text(
+            yaml.safe_dump(
+                {
+                    "apiVersion": "audit.k8s.io/v1",
+                    "kind": "Policy",
+                    "omitStages": ["RequestReceived", "ResponseStarted"],
+                    "rules": [{"level": "Metadata"}],
+                }
+            )
+        )
+        return [
+            f"--audit-policy-file={policy}",
+            f"--audit-log-path={self.audit_log_path}",
+            "--audit-log-format=json",
+            "--audit-log-maxsize=0",  # never rotate: readers take byte offsets of one file
         ]
 
     def _controller_manager_argv(self, pki: ClusterPki, kubeconfig: Path, port: int) -> list[str]:

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from bench.limits import Bandwidth, bound_seconds, copy_size_for, merge_bytes, round_bytes
+from bench.limits import Bandwidth, bound_seconds, copy_size_for, merge_bytes, node_bytes, round_bytes
 from bench.shapes import human, layer_shapes
 
 pytestmark = pytest.mark.unit
@@ -21,6 +21,28 @@ def test_merge_bytes_reads_every_input_once_and_writes_the_result_once() -> None
 def test_round_bytes_counts_n_minus_one_uploads_and_downloads() -> None:
     assert round_bytes(4, 1_000_000) == 2 * 3 * 4_000_000
     assert round_bytes(1, 1000) == 0  # a lone peer moves nothing
+
+
+def test_single_leader_moves_n_minus_one_models_in_and_out() -> None:
+    assert node_bytes("single", 4, 1_000_000) == round_bytes(4, 1_000_000) == 24_000_000
+    assert node_bytes("single", 32, 10_000_000) == 2 * 31 * 40_000_000
+
+
+def test_sharded_node_moves_about_four_model_sizes_whatever_n() -> None:
+    assert node_bytes("sharded", 4, 1_000_000) == 12_000_000  # 4 * 3/4 * 4 MB
+    assert node_bytes("sharded", 2, 1_000_000) == node_bytes("single", 2, 1_000_000)  # same at N = 2
+    assert node_bytes("sharded", 32, 10_000_000) == 4 * 31 * 40_000_000 // 32
+    sizes = [node_bytes("sharded", n, 10_000_000) for n in (4, 8, 16, 32)]
+    assert max(sizes) / min(sizes) < 4 / 3  # flat in N: 3/4 .. 31/32 of 4 P b
+    assert node_bytes("sharded", 1, 1000) == 0
+    # Secure aggregation: masked inputs in (8 bytes a value), the float32 merged model out.
+    assert node_bytes("secagg", 4, 1_000_000) == 3 * 1_000_000 * 12
+    assert node_bytes("secagg", 4, 1_000_000) == 1.5 * node_bytes("single", 4, 1_000_000)
+
+
+def test_node_bytes_rejects_an_unknown_mode_naming_the_allowed_ones() -> None:
+    with pytest.raises(ValueError, match="mode must be one of single, sharded, secagg; got 'auto'"):
+        node_bytes("auto", 4, 1000)
 
 
 @pytest.mark.parametrize(

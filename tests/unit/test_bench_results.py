@@ -76,6 +76,12 @@ def test_round_latency_is_last_end_minus_last_start() -> None:
     assert round_latencies([a, b]) == pytest.approx([1.2, 0.6])
 
 
+def test_round_latency_ignores_the_counters_only_line() -> None:
+    a = [{"round": -1, "start": 5.0, "end": 5.0}, {"round": 0, "start": 10.0, "end": 12.0}]
+    b = [{"round": -1, "start": 9.0, "end": 9.0}, {"round": 0, "start": 11.0, "end": 12.2}]
+    assert round_latencies([a, b]) == pytest.approx([1.2])
+
+
 def test_round_latency_drops_rounds_some_node_did_not_record() -> None:
     a = [{"round": 0, "start": 0.0, "end": 1.0}, {"round": 1, "start": 1.0, "end": 2.0}]
     b = [{"round": 0, "start": 0.0, "end": 1.5}]

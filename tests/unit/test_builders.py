@@ -225,7 +225,9 @@ def test_task_pod_shape_sidecar_channel_and_volumes() -> None:
     assert {"name": "data", "mountPath": "/data/swarm-output", "subPath": "swarm-output/train"} in data_mounts
     # The SL container sees only its model archive on the site volume, never the private data.
     assert sl_mounts["data"] == {
-        "name": "data", "mountPath": "/swarm/models", "subPath": "swarm-output/train/sl-models"
+        "name": "data",
+        "mountPath": "/swarm/models",
+        "subPath": "swarm-output/train/sl-models",
     }
     assert _env(sl)["SWARM_SL_MODEL_DIR"] == "/swarm/models"
 
@@ -372,6 +374,11 @@ def test_task_pod_env_is_what_the_callback_reads() -> None:
             "minPeers": 2,
             "maxPeers": 3,
             "mergeMethod": "krum",
+            "mergeMode": "single",
+            "mergeFallback": "coordmedian",
+            "serverOptimizer": "fedavgm",
+            "serverLearningRate": 1.5,
+            "serverMomentum": 0.3,
             "byzantine": 1,
             "fullQuorumWaitSeconds": 5,
             "leaderFailureTimeoutSeconds": 60,
@@ -381,6 +388,15 @@ def test_task_pod_env_is_what_the_callback_reads() -> None:
             "contract": "c1",
         },
         totalEpochs=4,
+        privacy={
+            "siteDp": {
+                "clipNorm": 1.5,
+                "noiseMultiplier": 0.8,
+                "delta": 1e-6,
+                "epsilonBudget": 8,
+                "onBudgetSpent": "warn",
+            }
+        },
     )
     pod = tb.task_pod(TASK, spec, _peer(nodeWeightage=7), 0, ["net-sn.ns1.svc:30304"])
     _, ml = _containers(pod)
@@ -395,6 +411,8 @@ def test_task_pod_env_is_what_the_callback_reads() -> None:
         "minPeers": 2,
         "maxPeers": 3,
         "mergeMethod": "krum",
+        "mergeMode": "single",
+        "mergeFallback": "coordmedian",
         "trimFraction": 0.1,
         "byzantine": 1,
         "useAdaptiveSync": True,
@@ -404,7 +422,25 @@ def test_task_pod_env_is_what_the_callback_reads() -> None:
         "fullQuorumWaitSeconds": 5.0,
         "leaderFailureTimeoutSeconds": 60.0,
         "quorumTimeoutSeconds": 120.0,
+        "siteDpClipNorm": 1.5,
+        "siteDpNoiseMultiplier": 0.8,
+        "siteDpDelta": 1e-6,
+        "siteDpEpsilonBudget": 8.0,
+        "siteDpOnBudgetSpent": "warn",
+        "secureAggregation": False,
+        "secaggThreshold": 0.0,
+        "serverOptimizer": "fedavgm",
+        "serverLearningRate": 1.5,
+        "serverMomentum": 0.3,
     }
+    secure = _task(
+        sync={"frequency": 8, "minPeers": 2},
+        privacy={"secureAggregation": {"enabled": True, "threshold": 0.75}},
+    )
+    params = env_overrides(
+        _env(_containers(tb.task_pod(TASK, secure, _peer(), 0, ["net-sn.ns1.svc:30304"]))[1])
+    )
+    assert params["secureAggregation"] is True and params["secaggThreshold"] == 0.75, params
 
 
 def test_task_pod_sl_env_is_what_the_sl_node_reads() -> None:

@@ -52,6 +52,15 @@ BAD = [
     ("fullQuorumWaitSeconds", 4000, "between 0 and 3600"),
     ("leaderFailureTimeoutSeconds", 1, "between 5 and 86400"),
     ("quorumTimeoutSeconds", 5, "between 10 and 86400"),
+    ("siteDpClipNorm", -1.0, "between 0.0 and 1000000.0"),
+    ("siteDpNoiseMultiplier", 0.05, "between 0.1 and 100.0"),
+    ("siteDpDelta", 0.5, "in (0, 0.1]"),
+    ("siteDpDelta", 0, "in (0, 0.1]"),
+    ("siteDpEpsilonBudget", -1, "between 0.0 and 10000.0"),
+    ("siteDpOnBudgetSpent", "ignore", "stop, warn"),
+    ("secureAggregation", "yes", "True or False"),
+    ("secaggThreshold", 0.3, "0 (default 2/3) or between 0.5 and 1"),
+    ("secaggThreshold", 1.5, "between 0.0 and 1.0"),
     ("logger", "log", "logging.Logger"),
     ("model", "net", "torch.nn.Module"),
 ]
@@ -66,6 +75,23 @@ def test_bad_parameter_names_itself_and_range(name: str, value: object, words: s
     assert isinstance(err.value, ValueError)
     assert name in str(err.value)
     assert words in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("kw", "words"),
+    [
+        ({"mergeMethod": "krum"}, "secureAggregation works with mergeMethod mean only"),
+        ({"mergeMethod": "coordmedian"}, "secureAggregation works with mergeMethod mean only"),
+        ({"mergeMode": "sharded"}, "secureAggregation runs single-leader rounds"),
+    ],
+)
+def test_secure_aggregation_refuses_what_needs_to_see_the_inputs(kw: dict[str, object], words: str) -> None:
+    with pytest.raises(SwarmError, match=words):
+        SwarmCallback(2, 2, model=_model(), secureAggregation=True, **kw)  # type: ignore[arg-type]
+    cb = SwarmCallback(2, 2, model=_model(), secureAggregation=True, siteDpClipNorm=1.0, secaggThreshold=0.5)
+    assert (
+        cb.params.secureAggregation and cb.params.siteDpClipNorm == 1.0 and cb.params.secaggThreshold == 0.5
+    )
 
 
 def test_unknown_and_hpe_only_parameters_are_accepted_with_a_warning_naming_them(

@@ -129,3 +129,53 @@ def test_tokens_static_then_kubernetes_with_a_cache() -> None:
     with pytest.raises(HTTPException) as e:
         asyncio.run(Authenticator(tokens=frozenset({"static"})).from_token("bad"))
     assert e.value.status_code == 401
+
+
+def test_a_sharded_round_shows_its_mode_and_slice_leaders_and_ignores_slice_records() -> None:
+    slices = [{"slice": 0, "seq": 11, "leader": "n2", "digest": "c" * 64},
+              {"slice": 1, "seq": 12, "leader": "n1", "digest": "d" * 64},
+              {"slice": "x"}]  # fmt: skip
+    records = [
+        *_ledger()[:3],
+        _close(10, 5, ["n1", "n2"], 8.0),
+        _rec(11, "slice", {"round": 5, "slice": 0, "attempt": 0, "participants": ["n1", "n2"]}, author="n2"),
+        _rec(12, "slice", {"round": 5, "slice": 1, "attempt": 0, "participants": ["n1", "n2"]}, author="n1"),
+        _rec(13, "round", {"round": 5, "attempt": 0, "participants": ["n1", "n2"], "merge_method": "mean",
+                           "merged_digest": "e" * 64, "rejected": {}, "slices": slices,
+                           "extra": {"mode": "sharded", "training": []}}, author="n1", t=9),
+    ]  # fmt: skip
+    (r,) = views.rounds(records, C)
+    assert (r.round, r.result, r.leader, r.merge_mode) == (5, "round", "n1", "sharded")
+    assert [(s.slice, s.leader, s.seq) for s in r.slices] == [(0, "n2", 11), (1, "n1", 12)]
+    single = views.rounds(_ledger(), C)[1]
+    assert (single.merge_mode, single.slices) == ("single", [])
+
+
+def test_a_private_round_shows_its_epsilons_and_who_unmasked_it() -> None:
+    extra = {
+        "mode": "secagg",
+        "training": [],
+        "epsilon": {"n1": 1.25, "n2": float("nan")},
+        "privacy": {
+            "siteDp": {"clipNorm": 2.0, "noiseMultiplier": 0.8, "delta": 1e-5, "epsilon": 3.5},
+            "secureAggregation": {
+                "threshold": 2, "sharers": ["n1", "n2", "n3"], "revealers": ["n1", "n2"], "dropped": ["n3"],
+            },
+        },
+    }  # fmt: skip
+    records = [
+        *_ledger()[:3],
+        _close(10, 6, ["n1", "n2", "n3"], 8.0),
+        _rec(11, "round", {"round": 6, "attempt": 0, "participants": ["n1", "n2"], "merge_method": "mean",
+                           "merged_digest": "e" * 64, "rejected": {"n3": "dropped out"}, "extra": extra}),
+    ]  # fmt: skip
+    (r,) = views.rounds(records, C)
+    p = r.privacy
+    assert r.merge_mode == "secagg" and p is not None
+    assert (p.site_dp_epsilon, p.site_dp_delta, p.site_dp_clip_norm, p.site_dp_noise_multiplier) == (
+        3.5, 1e-5, 2.0, 0.8,
+    )  # fmt: skip
+    assert p.dp_sgd_epsilon == {"n1": 1.25}  # a non-finite figure is left out, not shown as a number
+    assert p.secure_aggregation and p.secagg_threshold == 2 and p.secagg_dropped == ["n3"]
+    assert (p.secagg_sharers, p.secagg_revealers) == (["n1", "n2", "n3"], ["n1", "n2"])
+    assert all(x.privacy is None for x in views.rounds(_ledger(), C))  # nothing but locality protected them

@@ -109,6 +109,11 @@ def test_full_mode_sends_the_whole_state_dict() -> None:
         assert torch.equal(sent[name], value), name
 
 
+def test_dp_sgd_is_refused_naming_the_platform() -> None:
+    with pytest.raises(SwarmParameterError, match="not supported on platform HF_TRANSFORMER"):
+        callback(bert()).make_private(object(), object(), noise_multiplier=1.0)
+
+
 def test_full_mode_loads_every_merged_tensor() -> None:
     model = bert()
     merged = shifted(model.state_dict())

@@ -1,4 +1,6 @@
-"""The merge engine's fast paths (sorting networks, equal-weight shortcuts) against its torch.sort paths."""
+"""The torch code's fast paths (sorting networks, equal-weight shortcuts) against its torch.sort paths.
+
+The compiled kernels are pinned off here (they have their own tests in test_merge_kernels.py)."""
 
 from __future__ import annotations
 
@@ -10,6 +12,11 @@ import torch
 from swarmlearning.merge import merge
 
 pytestmark = pytest.mark.unit
+
+
+@pytest.fixture(autouse=True)
+def torch_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SWARM_MERGE_KERNELS", "torch")
 
 
 @pytest.mark.parametrize("n", [*range(1, 13), 16])

@@ -1,4 +1,7 @@
-"""Every merge method against an independent NumPy reference (plain loops), plus robustness properties."""
+"""Every merge method against an independent NumPy reference (plain loops), plus robustness properties.
+
+Every test runs twice: on the compiled kernels (SWARM_MERGE_KERNELS=numba) and on the torch code (=torch).
+"""
 
 from __future__ import annotations
 
@@ -16,6 +19,12 @@ WEIGHT_TOL = 1e-9  # the documented tolerance for "cumulative weight equals a cu
 SHAPES = {"conv.weight": (4, 3, 2, 2), "conv.bias": (4,), "fc.weight": (5, 7), "fc.bias": (5,), "scale": ()}
 
 NpModel = dict[str, np.ndarray]
+
+
+@pytest.fixture(autouse=True, params=["numba", "torch"])
+def kernel_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setenv("SWARM_MERGE_KERNELS", request.param)
+    return str(request.param)
 
 
 # ---------------------------------------------------------------- inputs
@@ -255,6 +264,8 @@ def test_only_one_block_of_all_models_is_stacked_at_a_time(
 ) -> None:
     # The memory bound: no torch.stack inside merge() may hold more than BLOCK_VALUES values, although
     # one layer of all 5 models (conv.weight: 48 x 5 = 240 values) is larger than that.
+    # The kernels stack nothing (they read every model through its address): the torch code only.
+    monkeypatch.setenv("SWARM_MERGE_KERNELS", "torch")
     models = random_models(5, seed=20)
     largest = 0
     real_stack = torch.stack

@@ -81,9 +81,21 @@ def test_phases_and_peer_bytes() -> None:
     assert value(m, "swarm_sl_peer_bytes_sent_total", kind="input") == 10
     assert value(m, "swarm_sl_peer_bytes_received_total", kind="merged") == 7
     assert value(m, "swarm_sl_peer_bytes_received_total", kind="input") == 0
-    with pytest.raises(ValueError, match="kind 'weights': must be one of input, merged"):
+    with pytest.raises(ValueError, match="kind 'weights': must be one of input, merged, manifest"):
         m.model_received("weights", 1)
-    assert set(KINDS) == {"input", "merged"}
+    assert set(KINDS) == {"input", "merged", "manifest", "input-chunk", "merged-chunk"} | {
+        f"sa-{step}" for step in ("keys", "keyset", "shares", "relay", "masked", "unmask", "reveal")
+    }
+    # Secure-aggregation messages count under their step, whatever the attempt.
+    m.model_sent("c", 2, "sa-masked-0", 4)
+    m.model_sent("c", 2, "sa-masked-12", 5)
+    assert value(m, "swarm_sl_peer_bytes_sent_total", kind="sa-masked") == 9
+    # Chunks of the sharded merge count under their family, whatever their index.
+    m.model_received("input-chunk-3", 5)
+    m.model_received("input-chunk-63", 6)
+    assert value(m, "swarm_sl_peer_bytes_received_total", kind="input-chunk") == 11
+    with pytest.raises(ValueError, match="kind 'input-chunk-64'"):
+        m.model_received("input-chunk-64", 1)
 
 
 @pytest.mark.parametrize(
@@ -136,6 +148,8 @@ def test_server_serves_the_exposition_and_stops() -> None:
         families = {f.name: f for f in text_string_to_metric_families(text)}
         joined = families["swarm_sl_rounds_joined"].samples
         assert [(s.labels, s.value) for s in joined if s.name.endswith("_total")] == [({"contract": "c"}, 1)]
+        (cpu,) = families["process_cpu_seconds"].samples  # the process collector: what the node costs
+        assert cpu.value > 0
         with socket.socket() as s:  # stopped: nothing listens there any more
             assert s.connect_ex(("127.0.0.1", server.port)) != 0
 

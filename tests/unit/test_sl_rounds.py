@@ -5,8 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 from swarmlearning.ledger import Record
-from swarmlearning.sl.node import _majority_structure, _RoundResult
-from swarmlearning.sl.peers import KEEP_ROUNDS, ModelKey, ModelStore
+from swarmlearning.sl.kinds import CHUNKS, chunk_kind
+from swarmlearning.sl.modes.base import majority_structure as _majority_structure
+from swarmlearning.sl.node import _RoundResult
+from swarmlearning.sl.peers import KEEP_CHUNK_ROUNDS, KEEP_ROUNDS, ModelKey, ModelStore
 from swarmlearning.sl.weights import digest
 
 pytestmark = pytest.mark.unit
@@ -79,3 +81,21 @@ def test_model_store_keeps_the_newest_rounds_per_kind() -> None:
     assert kept.digest == digest(kept.data) and kept.final is False
     held = store.get(ModelKey("c", 1, "merged"))
     assert held is not None and held.data == b"m1"
+
+
+def test_model_store_keeps_chunks_of_the_newest_chunk_rounds_and_forgets_dropped_keys() -> None:
+    store = ModelStore()
+    for r in range(1, KEEP_CHUNK_ROUNDS + 3):
+        for i in range(CHUNKS):
+            store.put(ModelKey("c", r, chunk_kind("input-chunk", i)), f"{r}/{i}".encode())
+        store.put(ModelKey("c", r, "input"), f"in{r}".encode())
+    newest = range(3, KEEP_CHUNK_ROUNDS + 3)
+    for r in range(1, KEEP_CHUNK_ROUNDS + 3):
+        held = [store.get(ModelKey("c", r, chunk_kind("input-chunk", i))) for i in range(CHUNKS)]
+        assert all((h is not None) == (r in newest) for h in held), r
+        assert store.get(ModelKey("c", r, "input")) is not None  # inputs keep KEEP_ROUNDS rounds
+    store.drop(ModelKey("c", 3, "input"))
+    assert store.get(ModelKey("c", 3, "input")) is None
+    store.put(ModelKey("c", 3, "input"), b"again")  # a dropped key can be stored again
+    again = store.get(ModelKey("c", 3, "input"))
+    assert again is not None and again.data == b"again"

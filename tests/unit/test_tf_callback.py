@@ -294,6 +294,11 @@ def test_out_of_range_parameter_fails_before_training(loopback: None) -> None:
         SwarmCallback(syncFrequency=4, minPeers=2, nodeWeightage=0)
 
 
+def test_dp_sgd_is_refused_naming_the_platform(loopback: None) -> None:
+    with pytest.raises(SwarmParameterError, match="not supported on platform KERAS.*siteDpClipNorm"):
+        SwarmCallback(syncFrequency=4, minPeers=2).make_private(object(), object(), noise_multiplier=1.0)
+
+
 def test_training_stops_once_the_swarm_training_is_over(loopback: None) -> None:
     """As HPE's callback: ``isSwarmTrainingOver`` sets ``model.stop_training``, fit ends early."""
 

@@ -72,12 +72,17 @@ def main() -> None:
     parser.add_argument("--min-peers", type=int, default=2)
     parser.add_argument("--max-peers", type=int, default=0)
     parser.add_argument("--merge-method", default="mean")
+    parser.add_argument("--merge-fallback", default="none", help="with a plugin:<name> merge method")
     parser.add_argument("--node-weightage", type=int, default=1)
     parser.add_argument("--adaptive", action="store_true")
     parser.add_argument("--checkin", default="snapshot", choices=("snapshot", "active", "inactive"))
     parser.add_argument("--full-quorum-wait", type=float, default=5.0)
     parser.add_argument("--leader-failure-timeout", type=float, default=30.0)
     parser.add_argument("--quorum-timeout", type=float, default=60.0)
+    # Merge-side optimiser (docs/quality.md): the round leader steps the merged update with momentum.
+    parser.add_argument("--server-optimizer", default="none", choices=("none", "fedavgm"))
+    parser.add_argument("--server-learning-rate", type=float, default=1.0)
+    parser.add_argument("--server-momentum", type=float, default=0.0)
     args = parser.parse_args()
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -93,6 +98,7 @@ def main() -> None:
         maxPeers=args.max_peers,
         model=model,
         mergeMethod=args.merge_method,
+        mergeFallback=args.merge_fallback,
         nodeWeightage=args.node_weightage,
         numSamples=len(train),
         useAdaptiveSync=args.adaptive,
@@ -104,6 +110,9 @@ def main() -> None:
         fullQuorumWaitSeconds=args.full_quorum_wait,
         leaderFailureTimeoutSeconds=args.leader_failure_timeout,
         quorumTimeoutSeconds=args.quorum_timeout,
+        serverOptimizer=args.server_optimizer,
+        serverLearningRate=args.server_learning_rate,
+        serverMomentum=args.server_momentum,
     )
     fit(
         model,

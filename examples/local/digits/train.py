@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from swarmlearning.pyt import SwarmCallback
+from swarmlearning.pyt import PrivacyBudgetSpent, SwarmCallback
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -38,24 +38,32 @@ def fit(
     lr: float,
     seed: int = 0,
     callback: SwarmCallback | None = None,
+    dp_sgd: dict[str, float] | None = None,
 ) -> nn.Module:
-    """Train ``model`` with SGD + momentum; calls the swarm hooks when ``callback`` is given."""
+    """Train ``model`` with SGD + momentum; calls the swarm hooks when ``callback`` is given; with
+    ``dp_sgd`` (``SwarmCallback.make_private``'s keywords) it trains with DP-SGD."""
     generator = torch.Generator().manual_seed(seed)
     loader = DataLoader(train, batch_size=batch_size, shuffle=True, generator=generator)
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
     loss_fn = nn.CrossEntropyLoss()
+    net = model
+    if callback and dp_sgd:
+        net, optimizer, loader = callback.make_private(optimizer, loader, **dp_sgd)
     if callback:
         callback.on_train_begin()
-    for epoch in range(epochs):
-        model.train()
-        for x, y in loader:
-            optimizer.zero_grad()
-            loss_fn(model(x), y).backward()
-            optimizer.step()
+    try:
+        for epoch in range(epochs):
+            net.train()
+            for x, y in loader:
+                optimizer.zero_grad()
+                loss_fn(net(x), y).backward()
+                optimizer.step()
+                if callback:
+                    callback.on_batch_end()
             if callback:
-                callback.on_batch_end()
-        if callback:
-            callback.on_epoch_end(epoch)
+                callback.on_epoch_end(epoch)
+    except PrivacyBudgetSpent as spent:
+        logging.getLogger("train").warning("%s", spent)
     if callback:
         callback.on_train_end()
     return model
@@ -72,12 +80,30 @@ def main() -> None:
     parser.add_argument("--min-peers", type=int, default=2)
     parser.add_argument("--max-peers", type=int, default=0)
     parser.add_argument("--merge-method", default="mean")
+    parser.add_argument("--merge-fallback", default="none", help="with a plugin:<name> merge method")
+    parser.add_argument("--merge-mode", default="auto", choices=("auto", "single", "sharded"))
     parser.add_argument("--node-weightage", type=int, default=1)
     parser.add_argument("--adaptive", action="store_true")
     parser.add_argument("--checkin", default="snapshot", choices=("snapshot", "active", "inactive"))
     parser.add_argument("--full-quorum-wait", type=float, default=5.0)
     parser.add_argument("--leader-failure-timeout", type=float, default=30.0)
     parser.add_argument("--quorum-timeout", type=float, default=60.0)
+    # Privacy (docs/privacy.md): site-level DP and secure aggregation are contract settings; DP-SGD is local.
+    parser.add_argument("--site-dp-clip-norm", type=float, default=0.0, help="0 = no site-level DP")
+    parser.add_argument("--site-dp-noise-multiplier", type=float, default=1.0)
+    parser.add_argument("--site-dp-delta", type=float, default=1e-5)
+    parser.add_argument("--site-dp-epsilon-budget", type=float, default=0.0, help="0 = no budget")
+    parser.add_argument("--site-dp-on-budget-spent", default="stop", choices=("stop", "warn"))
+    parser.add_argument("--secure-aggregation", action="store_true")
+    parser.add_argument("--secagg-threshold", type=float, default=0.0, help="0 = 2/3 of the participants")
+    # Merge-side optimiser (docs/quality.md): the round leader steps the merged update with momentum.
+    parser.add_argument("--server-optimizer", default="none", choices=("none", "fedavgm"))
+    parser.add_argument("--server-learning-rate", type=float, default=1.0)
+    parser.add_argument("--server-momentum", type=float, default=0.0)
+    parser.add_argument("--dp-sgd-noise-multiplier", type=float, default=0.0, help="0 = no DP-SGD")
+    parser.add_argument("--dp-sgd-target-epsilon", type=float, default=0.0, help="0 = no DP-SGD")
+    parser.add_argument("--dp-sgd-max-grad-norm", type=float, default=1.0)
+    parser.add_argument("--dp-sgd-delta", type=float, default=1e-5)
     args = parser.parse_args()
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -93,6 +119,8 @@ def main() -> None:
         maxPeers=args.max_peers,
         model=model,
         mergeMethod=args.merge_method,
+        mergeFallback=args.merge_fallback,
+        mergeMode=args.merge_mode,
         nodeWeightage=args.node_weightage,
         numSamples=len(train),
         useAdaptiveSync=args.adaptive,
@@ -104,7 +132,24 @@ def main() -> None:
         fullQuorumWaitSeconds=args.full_quorum_wait,
         leaderFailureTimeoutSeconds=args.leader_failure_timeout,
         quorumTimeoutSeconds=args.quorum_timeout,
+        siteDpClipNorm=args.site_dp_clip_norm,
+        siteDpNoiseMultiplier=args.site_dp_noise_multiplier,
+        siteDpDelta=args.site_dp_delta,
+        siteDpEpsilonBudget=args.site_dp_epsilon_budget,
+        siteDpOnBudgetSpent=args.site_dp_on_budget_spent,
+        secureAggregation=args.secure_aggregation,
+        secaggThreshold=args.secagg_threshold,
+        serverOptimizer=args.server_optimizer,
+        serverLearningRate=args.server_learning_rate,
+        serverMomentum=args.server_momentum,
     )
+    dp_sgd: dict[str, float] | None = None
+    if args.dp_sgd_target_epsilon:
+        dp_sgd = {"target_epsilon": args.dp_sgd_target_epsilon, "epochs": args.epochs}
+    elif args.dp_sgd_noise_multiplier:
+        dp_sgd = {"noise_multiplier": args.dp_sgd_noise_multiplier}
+    if dp_sgd is not None:
+        dp_sgd |= {"max_grad_norm": args.dp_sgd_max_grad_norm, "delta": args.dp_sgd_delta}
     fit(
         model,
         train,
@@ -113,6 +158,7 @@ def main() -> None:
         lr=args.lr,
         seed=args.seed,
         callback=callback,
+        dp_sgd=dp_sgd,
     )
 
 

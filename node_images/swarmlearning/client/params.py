@@ -26,12 +26,38 @@ class SwarmParameterError(SwarmError, ValueError):
     """A callback parameter out of its allowed range; the message names it and the range."""
 
 
+class PrivacyBudgetSpent(SwarmError):
+    """Sample-level DP (DP-SGD) has spent its ε budget: raised by ``on_batch_end`` when the callback's
+    ``make_private`` was told to stop; a script catches it, leaves its loop and calls ``on_train_end``
+    (what it shares from then on is post-processing of private steps and costs no further ε)."""
+
+
 CHECKIN_MODES = ("snapshot", "active", "inactive")
 """``checkinModelOnTrainEnd`` values: contribute the final local weights / resubmit the merged weights /
 contribute with weight 0."""
 MERGE_METHODS = ("mean", "coordmedian", "geomedian", "trimmedmean", "krum", "multikrum")
 """HPE's three methods plus the robust ones this project adds."""
+PLUGIN_PREFIX = "plugin:"
+"""``mergeMethod="plugin:<name>"`` merges with the entry point ``<name>`` of group ``swarmlearning.merge``
+installed on the round's leader (``swarmlearning.merge.plugins``)."""
+PLUGIN_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
+"""A merge plugin's name: 1-63 lower-case letters, digits, '.', '_', '-', starting alphanumeric."""
+MERGE_FALLBACKS = ("none", *MERGE_METHODS)
+"""``mergeFallback``: the built-in a leader merges with when the plugin fails (``none``: the round fails)."""
+MERGE_MODES = ("auto", "single", "sharded")
+"""``mergeMode``: one leader merges whole models (``single``), every slice of the model has its own
+leader (``sharded``: no node receives another's whole model; mean, coordmedian and trimmedmean only), or
+``sharded`` from 4 leader-eligible peers and 16 MB models on (``auto``)."""
 DEFAULT_CONTRACT = "defaultbb.cqdb.sml.hpe"
+BUDGET_ACTIONS = ("stop", "warn")
+"""``siteDpOnBudgetSpent``: fail the next sync with a clear error, or warn and go on."""
+SECAGG_METHODS = ("mean",)
+"""Merges that can run on masked inputs (the leader learns only the sum)."""
+SERVER_OPTIMIZERS = ("none", "fedavgm")
+"""``serverOptimizer``: the round leader's step on the merged update (``fedavgm``: server learning rate and
+momentum, its state carried with the committed model; see ``swarmlearning.sl.server_optimizer``)."""
+SERVER_LR_RANGE = (0.01, 10.0)
+SERVER_MOMENTUM_RANGE = (0.0, 0.99)
 
 
 @dataclass(frozen=True)
@@ -47,6 +73,11 @@ class SwarmParams:
     checkinModelOnTrainEnd: str = "snapshot"
     nodeWeightage: int = 1
     mergeMethod: str = "mean"
+    mergeMode: str = "auto"
+    """Ours: how a round is merged, one of :data:`MERGE_MODES`."""
+    mergeFallback: str = "none"
+    """Ours: the built-in method a round's leader merges with when a ``plugin:<name>`` method fails
+    (raises, returns a bad result, is not installed there); ``none`` = the round fails on every node."""
     totalEpochs: int = 0
     lossFunction: str | None = None
     lossFunctionArgs: dict[str, Any] | None = None
@@ -66,6 +97,27 @@ class SwarmParams:
     """Ours (``SL_LEADER_FAILURE_BASE_TIMEOUT``): a leader silent this long is replaced."""
     quorumTimeoutSeconds: float = 1800.0
     """Ours: below quorum, wait this long and then fail with a clear error."""
+    siteDpClipNorm: float = 0.0
+    """Ours: site-level differential privacy. Each round's update (weights minus the round's starting
+    model) is clipped to this L2 norm and noised before it leaves the site; 0 = off."""
+    siteDpNoiseMultiplier: float = 1.0
+    """Ours: Gaussian noise std of the site-level DP, in units of ``siteDpClipNorm`` (0.1-100)."""
+    siteDpDelta: float = 1e-5
+    """Ours: the δ at which the site-level ε is accounted, in (0, 0.1]."""
+    siteDpEpsilonBudget: float = 0.0
+    """Ours: the site-level ε a training may spend (0 = no budget); see ``siteDpOnBudgetSpent``."""
+    siteDpOnBudgetSpent: str = "stop"
+    """Ours: what a sync does once it would spend more than the budget, one of :data:`BUDGET_ACTIONS`."""
+    secureAggregation: bool = False
+    """Ours: the round's leader merges masked inputs and learns only their weighted sum (mean only)."""
+    secaggThreshold: float = 0.0
+    """Ours: share of a round's participants whose masks must be recoverable, 0.5-1; 0 = 2/3."""
+    serverOptimizer: str = "none"
+    """Ours: the leader's step on the merged update, one of :data:`SERVER_OPTIMIZERS`."""
+    serverLearningRate: float = 1.0
+    """Ours: ``fedavgm``'s server learning rate (1 = FedAvg's step), 0.01-10."""
+    serverMomentum: float = 0.0
+    """Ours: ``fedavgm``'s server momentum, 0-0.99."""
     logger: logging.Logger | None = field(default=None, repr=False)
 
     def contract_settings(self) -> dict[str, Any]:
@@ -75,6 +127,8 @@ class SwarmParams:
             "minPeers": self.minPeers,
             "maxPeers": self.maxPeers,
             "mergeMethod": self.mergeMethod,
+            "mergeMode": self.mergeMode,
+            "mergeFallback": self.mergeFallback,
             "trimFraction": self.trimFraction,
             "byzantine": self.byzantine,
             "fullQuorumWaitSeconds": self.fullQuorumWaitSeconds,
@@ -82,6 +136,16 @@ class SwarmParams:
             "quorumTimeoutSeconds": self.quorumTimeoutSeconds,
             "syncFrequency": self.syncFrequency,
             "totalEpochs": self.totalEpochs,
+            "siteDpClipNorm": self.siteDpClipNorm,
+            "siteDpNoiseMultiplier": self.siteDpNoiseMultiplier,
+            "siteDpDelta": self.siteDpDelta,
+            "siteDpEpsilonBudget": self.siteDpEpsilonBudget,
+            "siteDpOnBudgetSpent": self.siteDpOnBudgetSpent,
+            "secureAggregation": self.secureAggregation,
+            "secaggThreshold": self.secaggThreshold,
+            "serverOptimizer": self.serverOptimizer,
+            "serverLearningRate": self.serverLearningRate,
+            "serverMomentum": self.serverMomentum,
         }
 
 
@@ -103,6 +167,8 @@ ENV_OVERRIDES: dict[str, tuple[str, type]] = {
     "SWARM_MIN_PEERS": ("minPeers", int),
     "SWARM_MAX_PEERS": ("maxPeers", int),
     "SWARM_MERGE_METHOD": ("mergeMethod", str),
+    "SWARM_MERGE_MODE": ("mergeMode", str),
+    "SWARM_MERGE_FALLBACK": ("mergeFallback", str),
     "SWARM_TRIM_FRACTION": ("trimFraction", float),
     "SWARM_BYZANTINE": ("byzantine", int),
     "SWARM_USE_ADAPTIVE_SYNC": ("useAdaptiveSync", bool),
@@ -112,6 +178,16 @@ ENV_OVERRIDES: dict[str, tuple[str, type]] = {
     "SWARM_FULL_QUORUM_WAIT_SECONDS": ("fullQuorumWaitSeconds", float),
     "SWARM_LEADER_FAILURE_TIMEOUT_SECONDS": ("leaderFailureTimeoutSeconds", float),
     "SWARM_QUORUM_TIMEOUT_SECONDS": ("quorumTimeoutSeconds", float),
+    "SWARM_SITE_DP_CLIP_NORM": ("siteDpClipNorm", float),
+    "SWARM_SITE_DP_NOISE_MULTIPLIER": ("siteDpNoiseMultiplier", float),
+    "SWARM_SITE_DP_DELTA": ("siteDpDelta", float),
+    "SWARM_SITE_DP_EPSILON_BUDGET": ("siteDpEpsilonBudget", float),
+    "SWARM_SITE_DP_ON_BUDGET_SPENT": ("siteDpOnBudgetSpent", str),
+    "SWARM_SECURE_AGGREGATION": ("secureAggregation", bool),
+    "SWARM_SECAGG_THRESHOLD": ("secaggThreshold", float),
+    "SWARM_SERVER_OPTIMIZER": ("serverOptimizer", str),
+    "SWARM_SERVER_LEARNING_RATE": ("serverLearningRate", float),
+    "SWARM_SERVER_MOMENTUM": ("serverMomentum", float),
 }
 """Environment variables that override the script's values: the operator sets them from a SwarmTask's
 ``spec.sync`` so the task, not the image, decides how the swarm syncs."""
@@ -161,6 +237,13 @@ def _num(name: str, value: object, low: float, high: float) -> float:
     return float(value)
 
 
+def _delta(value: object) -> float:
+    """δ of the DP accounting: in (0, 0.1] (a δ near 1 would promise nothing)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < float(value) <= 0.1:
+        raise SwarmParameterError(f"siteDpDelta must be a number in (0, 0.1], got {value!r}")
+    return float(value)
+
+
 def _range(low: int, high: int | None) -> str:
     return f"between {low} and {high}" if high is not None else f">= {low}"
 
@@ -169,6 +252,27 @@ def _choice(name: str, value: object, allowed: tuple[str, ...]) -> str:
     """One of ``allowed``, in any case (HPE lower-cases merge methods: ``"MEAN"`` is ``"mean"``)."""
     if not isinstance(value, str) or value.strip().lower() not in allowed:
         raise SwarmParameterError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
+    return value.strip().lower()
+
+
+def parse_merge_method(value: object) -> str:
+    """A built-in of :data:`MERGE_METHODS` in any case (as HPE), or ``plugin:<name>`` as written."""
+    if isinstance(value, str) and value.strip().startswith(PLUGIN_PREFIX):
+        name = value.strip()[len(PLUGIN_PREFIX) :]
+        if not PLUGIN_NAME_RE.match(name):
+            raise SwarmParameterError(
+                f"mergeMethod {value!r}: a plugin name after 'plugin:' must be 1-63 lower-case letters, "
+                "digits, '.', '_' or '-', starting with a letter or digit"
+            )
+        if name in MERGE_METHODS:
+            raise SwarmParameterError(
+                f"mergeMethod {value!r}: built-in methods cannot be replaced by a plugin; use {name!r}"
+            )
+        return PLUGIN_PREFIX + name
+    if not isinstance(value, str) or value.strip().lower() not in MERGE_METHODS:
+        raise SwarmParameterError(
+            f"mergeMethod must be one of {', '.join(MERGE_METHODS)} or plugin:<name>; got {value!r}"
+        )
     return value.strip().lower()
 
 
@@ -248,6 +352,48 @@ def validate_params(syncFrequency: object, minPeers: object, **kw: Any) -> Swarm
         "leaderFailureTimeoutSeconds", kw.get("leaderFailureTimeoutSeconds", 600.0), 5, 86400
     )
     quorum_timeout = _num("quorumTimeoutSeconds", kw.get("quorumTimeoutSeconds", 1800.0), 10, 86400)
+    merge_method = parse_merge_method(kw.get("mergeMethod", "mean"))
+    merge_mode = _choice("mergeMode", kw.get("mergeMode", "auto"), MERGE_MODES)
+    merge_fallback = _choice("mergeFallback", kw.get("mergeFallback", "none"), MERGE_FALLBACKS)
+    if merge_method.startswith(PLUGIN_PREFIX) and merge_mode == "sharded":
+        raise SwarmParameterError(
+            f"mergeMethod {merge_method!r} runs on the round's leader only: use mergeMode 'auto' or "
+            "'single', not 'sharded'"
+        )
+    secagg = kw.get("secureAggregation", False)
+    if not isinstance(secagg, bool):
+        raise SwarmParameterError(f"secureAggregation must be True or False, got {secagg!r}")
+    if secagg and merge_method.startswith(PLUGIN_PREFIX):
+        raise SwarmParameterError(
+            f"secureAggregation cannot run mergeMethod {merge_method!r}: a plugin needs the inputs, and "
+            f"the leader sees only their masked sum; use mergeMethod {', '.join(SECAGG_METHODS)}"
+        )
+    if secagg and merge_method not in SECAGG_METHODS:
+        raise SwarmParameterError(
+            f"secureAggregation works with mergeMethod {', '.join(SECAGG_METHODS)} only (the leader sees "
+            f"only the sum of masked inputs, which a robust merge cannot rank), got {merge_method!r}"
+        )
+    if secagg and merge_mode == "sharded":
+        raise SwarmParameterError(
+            "secureAggregation runs single-leader rounds: use mergeMode 'auto' or 'single', not 'sharded'"
+        )
+    threshold = _num("secaggThreshold", kw.get("secaggThreshold", 0.0), 0.0, 1.0)
+    if threshold and threshold < 0.5:
+        raise SwarmParameterError(
+            f"secaggThreshold must be 0 (default 2/3) or between 0.5 and 1, got {threshold}"
+        )
+    clip = _num("siteDpClipNorm", kw.get("siteDpClipNorm", 0.0), 0.0, 1e6)
+    server = _choice("serverOptimizer", kw.get("serverOptimizer", "none"), SERVER_OPTIMIZERS)
+    if server != "none" and secagg:
+        raise SwarmParameterError(
+            f"serverOptimizer {server!r} is not applied in secure-aggregation rounds: use serverOptimizer "
+            "'none' with secureAggregation"
+        )
+    if server != "none" and merge_mode == "sharded":
+        raise SwarmParameterError(
+            f"serverOptimizer {server!r} runs single-leader rounds (its state is whole-model): use mergeMode "
+            "'auto' or 'single', not 'sharded'"
+        )
     return SwarmParams(
         syncFrequency=sync,
         minPeers=peers,
@@ -259,7 +405,9 @@ def validate_params(syncFrequency: object, minPeers: object, **kw: Any) -> Swarm
             "checkinModelOnTrainEnd", kw.get("checkinModelOnTrainEnd", "snapshot"), CHECKIN_MODES
         ),
         nodeWeightage=_int("nodeWeightage", kw.get("nodeWeightage", 1), 1, 100),
-        mergeMethod=_choice("mergeMethod", kw.get("mergeMethod", "mean"), MERGE_METHODS),
+        mergeMethod=merge_method,
+        mergeMode=merge_mode,
+        mergeFallback=merge_fallback,
         totalEpochs=_int("totalEpochs", kw.get("totalEpochs") or 0, 0),  # None: unknown, as in HPE
         lossFunction=loss,
         lossFunctionArgs=_kwargs("lossFunctionArgs", kw.get("lossFunctionArgs")),
@@ -272,5 +420,17 @@ def validate_params(syncFrequency: object, minPeers: object, **kw: Any) -> Swarm
         fullQuorumWaitSeconds=full_wait,
         leaderFailureTimeoutSeconds=leader_timeout,
         quorumTimeoutSeconds=quorum_timeout,
+        siteDpClipNorm=clip,
+        siteDpNoiseMultiplier=_num("siteDpNoiseMultiplier", kw.get("siteDpNoiseMultiplier", 1.0), 0.1, 100.0),
+        siteDpDelta=_delta(kw.get("siteDpDelta", 1e-5)),
+        siteDpEpsilonBudget=_num("siteDpEpsilonBudget", kw.get("siteDpEpsilonBudget", 0.0), 0.0, 1e4),
+        siteDpOnBudgetSpent=_choice(
+            "siteDpOnBudgetSpent", kw.get("siteDpOnBudgetSpent", "stop"), BUDGET_ACTIONS
+        ),
+        secureAggregation=secagg,
+        secaggThreshold=threshold,
+        serverOptimizer=server,
+        serverLearningRate=_num("serverLearningRate", kw.get("serverLearningRate", 1.0), *SERVER_LR_RANGE),
+        serverMomentum=_num("serverMomentum", kw.get("serverMomentum", 0.0), *SERVER_MOMENTUM_RANGE),
         logger=kw.get("logger"),
     )

@@ -194,6 +194,23 @@ class SwarmCallbackBase(abc.ABC):
         """What the metric of :meth:`_evaluate` is called in the console output."""
         return self.params.metricFunction or "metric"
 
+    def make_private(self, *args: Any, **kwargs: Any) -> Any:
+        """Sample-level DP (DP-SGD): the PyTorch callback has it (Opacus); on other platforms this
+        refuses, naming the platform (site-level DP and secure aggregation work on every platform)."""
+        raise SwarmParameterError(
+            f"make_private (DP-SGD) is not supported on platform {self.mlPlatform.name}: only the PyTorch "
+            "callback (swarmlearning.pyt, through Opacus) trains with sample-level DP; the contract's "
+            "site-level DP (siteDpClipNorm) and secureAggregation work on every platform"
+        )
+
+    def _privacy_epsilon(self) -> float | None:
+        """ε the script's sample-level DP (DP-SGD) has spent so far, None without it: sent with every
+        sync, so the ledger records it with the round's input."""
+        return None
+
+    def _check_privacy_budget(self) -> None:  # noqa: B027 (a hook: platforms with DP-SGD override it)
+        """After each batch: stop (raise SwarmError) or warn once DP-SGD's budget is spent."""
+
     # ---------------- HPE's attributes ----------------
 
     @property
@@ -264,6 +281,7 @@ class SwarmCallbackBase(abc.ABC):
         """Count a local batch; sync when ``sync_interval`` batches have passed since the last sync."""
         self._batches += 1
         self._batches_since_sync += 1
+        self._check_privacy_budget()
         if self.loopback or self._ended is not None or self._batches_since_sync < self.sync_interval:
             return
         self._sync("round")
@@ -353,6 +371,7 @@ class SwarmCallbackBase(abc.ABC):
             "weight": self.params.nodeWeightage,
             "loss": self._last_val[0],
             "metric": self._last_val[1],
+            "epsilon": self._privacy_epsilon(),
             "epoch": self.epochsCompleted,
             "batches": self._batches,
         }

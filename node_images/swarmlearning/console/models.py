@@ -50,6 +50,36 @@ class Node(BaseModel):
     last_round: dict[str, int] = Field(description="per contract: last round it took part in")
 
 
+class RoundSlice(BaseModel):
+    slice: int
+    leader: str = Field(description="the node that merged this slice")
+    seq: int = Field(description="ledger seq of the slice record")
+    digest: str = Field(description="sha256 of the slice's merged chunk digests")
+
+
+class RoundPrivacy(BaseModel):
+    """What protected a round's inputs beyond keeping the data on its sites (docs/privacy.md)."""
+
+    site_dp_epsilon: float | None = Field(
+        default=None, description="site-level DP: epsilon spent once this round merged (cumulative)"
+    )
+    site_dp_delta: float | None = Field(default=None, description="the delta site_dp_epsilon is stated at")
+    site_dp_clip_norm: float | None = None
+    site_dp_noise_multiplier: float | None = None
+    dp_sgd_epsilon: dict[str, float] = Field(
+        default={}, description="node -> epsilon its DP-SGD training had spent at this round's input"
+    )
+    secure_aggregation: bool = Field(
+        default=False, description="the leader merged masked inputs and learned only their weighted sum"
+    )
+    secagg_threshold: int | None = Field(default=None, description="revealers the unmasking needed")
+    secagg_sharers: list[str] = Field(default=[], description="participants that shared their mask keys")
+    secagg_revealers: list[str] = Field(default=[], description="participants whose shares unmasked the sum")
+    secagg_dropped: list[str] = Field(
+        default=[], description="sharers whose masked input never came; their masks were rebuilt"
+    )
+
+
 class Round(BaseModel):
     contract: str
     round: int
@@ -61,6 +91,11 @@ class Round(BaseModel):
     leader: str | None = None
     participants: list[str]
     merge_method: str | None = None
+    merge_mode: Literal["single", "sharded", "secagg"] | None = Field(
+        default=None,
+        description="sharded: every slice had its own leader (see slices); secagg: securely aggregated",
+    )
+    slices: list[RoundSlice] = []
     weights: dict[str, float] = {}
     input_digests: dict[str, str] = {}
     merged_digest: str | None = None
@@ -71,6 +106,7 @@ class Round(BaseModel):
     committed_at: str | None = None
     duration_s: float | None = Field(default=None, description="close record to result record, seconds")
     final: bool = Field(default=False, description="every participant had finished training")
+    privacy: RoundPrivacy | None = Field(default=None, description="absent when nothing but locality did")
 
 
 class Task(BaseModel):

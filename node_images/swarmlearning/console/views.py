@@ -9,7 +9,7 @@ from typing import Any
 
 from swarmlearning.ledger import Member, Record
 
-from .models import Node, Round, Task
+from .models import Node, Round, RoundPrivacy, RoundSlice, Task
 
 
 def _seconds(start: str, end: str) -> float | None:
@@ -80,6 +80,8 @@ def rounds(records: Iterable[Record], contract: str) -> list[Round]:
                 leader=res.author,
                 participants=_names(b.get("participants")) or participants,
                 merge_method=str(b.get("merge_method", "")),
+                merge_mode=extra.get("mode") if extra.get("mode") in ("sharded", "secagg") else "single",
+                slices=_slices(b.get("slices")),
                 weights=_floats(b.get("weights")),
                 input_digests=_strs(b.get("input_digests")),
                 merged_digest=str(b.get("merged_digest", "")) or None,
@@ -87,8 +89,49 @@ def rounds(records: Iterable[Record], contract: str) -> list[Round]:
                 loss=_floats(extra.get("loss")),
                 metric=_floats(extra.get("metric")),
                 final=not _names(extra.get("training")),
+                privacy=_privacy(extra),
             )
         out.append(Round(**base))
+    return out
+
+
+def _privacy(extra: Mapping[str, Any]) -> RoundPrivacy | None:
+    """A round record's privacy figures (``extra["privacy"]`` and the DP-SGD ``extra["epsilon"]``)."""
+    raw = extra.get("privacy")
+    privacy: Mapping[str, Any] = raw if isinstance(raw, dict) else {}
+    site = privacy.get("siteDp") if isinstance(privacy.get("siteDp"), dict) else {}
+    secure = privacy.get("secureAggregation") if isinstance(privacy.get("secureAggregation"), dict) else None
+    sgd = _floats(extra.get("epsilon"))
+    if not site and secure is None and not sgd:
+        return None
+    site_figures = _floats(site)
+    secure = secure or {}
+    threshold = secure.get("threshold")
+    if not isinstance(threshold, int) or isinstance(threshold, bool):
+        threshold = None
+    return RoundPrivacy(
+        site_dp_epsilon=site_figures.get("epsilon"),
+        site_dp_delta=site_figures.get("delta"),
+        site_dp_clip_norm=site_figures.get("clipNorm"),
+        site_dp_noise_multiplier=site_figures.get("noiseMultiplier"),
+        dp_sgd_epsilon=sgd,
+        secure_aggregation="threshold" in secure,
+        secagg_threshold=threshold,
+        secagg_sharers=_names(secure.get("sharers")),
+        secagg_revealers=_names(secure.get("revealers")),
+        secagg_dropped=_names(secure.get("dropped")),
+    )
+
+
+def _slices(raw: object) -> list[RoundSlice]:
+    """A sharded round record's slices; malformed entries (a signed but odd body) are left out."""
+    out = []
+    for item in raw if isinstance(raw, list) else []:
+        if not isinstance(item, dict):
+            continue
+        k, seq, leader, dg = item.get("slice"), item.get("seq"), item.get("leader"), item.get("digest")
+        if isinstance(k, int) and isinstance(seq, int) and isinstance(leader, str) and isinstance(dg, str):
+            out.append(RoundSlice(slice=k, leader=leader, seq=seq, digest=dg))
     return out
 
 

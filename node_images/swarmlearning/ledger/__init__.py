@@ -30,6 +30,7 @@ from swarmlearning.ledger.client import (
     NotRegistered,
     QuorumTimeout,
     RoundAlreadyCommitted,
+    RoundWatch,
     connected,
 )
 from swarmlearning.ledger.records import (
@@ -50,6 +51,7 @@ from swarmlearning.ledger.rounds import (
     RoundClose,
     leader_for,
     model_delivery,
+    slice_leader_for,
 )
 
 __all__ = [
@@ -73,10 +75,12 @@ __all__ = [
     "RecordError",
     "RoundAlreadyCommitted",
     "RoundClose",
+    "RoundWatch",
     "canonical_json",
     "connected",
     "leader_for",
     "make_record",
     "model_delivery",
+    "slice_leader_for",
     "verify_chain",
 ]

@@ -66,6 +66,7 @@ from swarmlearning.ledger.rounds import (
     RoundClose,
     leader_for,
     model_delivery,
+    slice_leader_for,
 )
 
 log = logging.getLogger(__name__)
@@ -440,10 +441,20 @@ class Ledger:
         return highest + 1
 
     async def mark_ready(
-        self, contract: str, round_no: int, *, digest: str, weight: float, samples: int
+        self,
+        contract: str,
+        round_no: int,
+        *,
+        digest: str,
+        weight: float,
+        samples: int,
+        manifest: str = "",
+        size: int = 0,
     ) -> None:
         """Declare this node ready for ``round_no`` with its model ``digest``, merge ``weight`` (> 0 or
-        0 for "contribute nothing") and ``samples`` trained since the last round (>= 0).
+        0 for "contribute nothing") and ``samples`` trained since the last round (>= 0); ``manifest``:
+        the digest of its input's chunk manifest when the round may be merged sharded, with ``size``,
+        the input's bytes.
 
         The mark uses the membership lease, so a dead node's mark disappears; older marks of this
         node for the contract are removed in the same transaction.
@@ -456,7 +467,14 @@ class Ledger:
             raise NotRegistered(
                 "mark_ready needs register_member() first (the mark lives on the membership lease)"
             )
-        value = canonical_json({"digest": digest, "weight": weight, "samples": samples})
+        value = canonical_json(
+            {
+                "digest": digest,
+                "weight": weight,
+                "samples": samples,
+                **({"manifest": manifest} if manifest else {}),
+            }
+        )
         await self.etcd.txn(
             [],
             [
@@ -629,12 +647,14 @@ class Ledger:
         merge_method: str,
         rejected: Mapping[str, str],
         extra: Mapping[str, Any] | None = None,
+        slices: Sequence[Mapping[str, Any]] = (),
     ) -> Record:
         """Commit the merge result of the round as its leader: a signed ``round`` record.
 
         ``participants``: names merged; ``weights``/``input_digests``: per participant;
-        ``rejected``: name -> reason for inputs refused. Raises :class:`RoundAlreadyCommitted` if
-        the round has a result already.
+        ``rejected``: name -> reason for inputs refused; ``slices``: in a sharded round, per slice its
+        record's seq, leader and merged digest. Raises :class:`RoundAlreadyCommitted` if the round has
+        a result already.
         """
         check_contract_name(contract)
         _check_round(round_no)
@@ -653,6 +673,7 @@ class Ledger:
             "rejected": dict(rejected),
             "leader_endpoint": close.participant(self.name).endpoint if self.name in close.names else "",
             **({"extra": dict(extra)} if extra else {}),
+            **({"slices": [dict(x) for x in slices]} if slices else {}),
         }
         rec = await self._append(
             contract,
@@ -670,6 +691,12 @@ class Ledger:
                 existing,
             )
         return rec
+
+    async def fail_round(self, contract: str, round_no: int, body: Mapping[str, Any]) -> Record | None:
+        """Record that closed round ``round_no`` ends without a merge: an ``abandon`` record carrying
+        ``body`` (``round``, ``close_seq``, ``participants``, ``reason`` ...), its one result, guarded like
+        every other, so the participants stop waiting for it. None when the round already had a result."""
+        return await self._append(contract, "abandon", body, guard=keys.result_key(contract, round_no))
 
     async def abandon_stale_rounds(self, contract: str, below: int) -> list[Record]:
         """Record as abandoned every round before ``below`` that closed but has no result and that
@@ -737,39 +764,63 @@ class Ledger:
         committed within ``leader_timeout_s`` seconds (> 0)."""
         if leader_timeout_s <= 0:
             raise ValueError(f"leader_timeout_s={leader_timeout_s}: must be > 0 seconds")
-        leader = leader_for(close, attempt)
-        lk = keys.leader_key(leader, close.contract, close.round_no, attempt)
-        ready = keys.ready_key(leader, close.contract, close.round_no)
-        what = f"round {close.round_no} of {close.contract!r}, attempt {attempt}, leader {leader}"
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + leader_timeout_s
-        seen = False
-        async with (
-            self.etcd.watch(keys.round_prefix(close.contract, close.round_no), prefix=True) as w,
-            self.etcd.watch(lk) as lw,
-        ):
-            while True:
-                rec = await self.round_result(close.contract, close.round_no)
-                if rec is not None:
-                    return rec
-                alive = await self.etcd.get(lk) is not None
-                seen = seen or alive
-                # A leader still in the round keeps its ready mark for it; once the mark is gone (its
-                # membership lease expired: it died, or it restarted and moved on) it will not commit.
-                left = not alive and await self.etcd.get(ready) is None
-                if (seen and not alive) or left:
-                    rec = await self.round_result(close.contract, close.round_no)
-                    if rec is not None:
-                        return rec
-                    raise LeaderFailed(
-                        f"{what}: the leader's lease expired before it committed"
-                        if seen
-                        else f"{what}: the leader left the round before it committed"
-                    )
-                if loop.time() >= deadline:
-                    raise LeaderFailed(f"{what}: no result within {leader_timeout_s:g}s")
-                remaining = deadline - loop.time()
-                await _first(w.get(min(_POLL_S, remaining)), lw.get(min(_POLL_S, remaining)))
+        async with self.watch_round(close) as rw:
+            return await rw.wait_round(attempt, leader_timeout_s=leader_timeout_s)
+
+    def hold_slice_leadership(
+        self, contract: str, round_no: int, slice_no: int, attempt: int, *, ttl_s: int = 10
+    ) -> Leadership:
+        """Like :meth:`hold_leadership`, for one slice of a sharded round."""
+        check_contract_name(contract)
+        _check_round(round_no)
+        if ttl_s < 1:
+            raise ValueError(f"ttl_s={ttl_s}: must be >= 1 second")
+        return Leadership(
+            self, keys.slice_leader_key(self.name, contract, round_no, slice_no, attempt), ttl_s
+        )
+
+    async def commit_slice(
+        self, contract: str, round_no: int, slice_no: int, attempt: int, body: Mapping[str, Any]
+    ) -> Record:
+        """Commit slice ``slice_no``'s merge of a sharded round as its leader: a signed ``slice``
+        record with ``body`` (participants, rejected, digests; see ``swarmlearning.sl.modes.sharded``)
+        plus round, slice, attempt and the close's seq. Raises :class:`RoundAlreadyCommitted` with the
+        existing record if the slice has one already."""
+        check_contract_name(contract)
+        _check_round(round_no)
+        close = await self.round_close(contract, round_no)
+        if close is None:
+            raise LedgerError(
+                f"round {round_no} of {contract!r} is not closed; cannot commit slice {slice_no}"
+            )
+        full = {
+            **dict(body),
+            "round": round_no,
+            "slice": slice_no,
+            "attempt": attempt,
+            "close_seq": close.record.seq,
+            "leader_endpoint": close.participant(self.name).endpoint if self.name in close.names else "",
+        }
+        guard = keys.slice_key(contract, round_no, slice_no)
+        rec = await self._append(contract, "slice", full, guard=guard)
+        if rec is None:
+            existing = await self._pointed(guard)
+            assert existing is not None
+            raise RoundAlreadyCommitted(
+                f"slice {slice_no} of round {round_no} of {contract!r} was already committed by "
+                f"{existing.author} (attempt {existing.body.get('attempt')})",
+                existing,
+            )
+        return rec
+
+    async def slice_result(self, contract: str, round_no: int, slice_no: int) -> Record | None:
+        return await self._pointed(keys.slice_key(contract, round_no, slice_no))
+
+    def watch_round(self, close: RoundClose) -> RoundWatch:
+        """``async with ledger.watch_round(close) as rw:`` the keys a node waits on while a round
+        completes (result pointers, leadership keys, ready marks), followed by two watches however many
+        slices the round has; see :class:`RoundWatch`."""
+        return RoundWatch(self, close)
 
     async def latest_round(self, contract: str) -> Record | None:
         """The latest committed ``round`` record of ``contract`` (late joiners fetch this model)."""
@@ -848,6 +899,129 @@ MAX_NODE_VALUE_BYTES = 64 * 1024
 _warned: dict[str, int] = {}
 
 
+class RoundWatch:
+    """A local, watch-fed copy of the keys that decide one round's waits: the round's pointers (slice
+    records, result) and the participants' leadership keys and ready marks for the round. One watch on
+    the round's prefix and one on the nodes' keep it current, so S slices cost two watches per node,
+    not 2 S (at N = 16 per-slice watches overloaded etcd). Every wait for a round's or a slice's result
+    goes through it (:meth:`Ledger.wait_round_result` too)."""
+
+    def __init__(self, ledger: Ledger, close: RoundClose) -> None:
+        self.ledger, self.close = ledger, close
+        self._present: set[str] = set()
+        self._changed = asyncio.Event()
+        self._error: BaseException | None = None
+        self._stack = contextlib.AsyncExitStack()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._closed = False
+        self._leaders = f"/leader/{close.contract}/{close.round_no:08d}/"
+        self._ready = f"/ready/{close.contract}/{close.round_no:08d}"
+
+    def _relevant(self, key: str) -> bool:
+        return key.startswith(keys.round_prefix(self.close.contract, self.close.round_no)) or (
+            key.startswith(keys.NODES) and (self._leaders in key or key.endswith(self._ready))
+        )
+
+    async def __aenter__(self) -> RoundWatch:
+        etcd = self.ledger.etcd
+        try:
+            # Watches first, then the snapshot: an event older than the snapshot is applied after it, in
+            # order, so the copy ends up right either way.
+            watches = [
+                await self._stack.enter_async_context(
+                    etcd.watch(keys.round_prefix(self.close.contract, self.close.round_no), prefix=True)
+                ),
+                await self._stack.enter_async_context(etcd.watch(keys.NODES, prefix=True)),
+            ]
+            for prefix in (keys.round_prefix(self.close.contract, self.close.round_no), keys.NODES):
+                self._present |= {kv.key for kv in await etcd.get_prefix(prefix) if self._relevant(kv.key)}
+        except BaseException:
+            await self._stack.aclose()
+            raise
+        self._tasks = [asyncio.ensure_future(self._follow(w)) for w in watches]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        # The flag too: Python 3.11's wait_for (inside Watch.get) can swallow a cancellation that
+        # arrives with an event, and the loop would go on.
+        self._closed = True
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.wait(self._tasks, timeout=2 * _POLL_S + 1)
+        await self._stack.aclose()
+
+    async def _follow(self, watch: Any) -> None:
+        try:
+            while not self._closed:
+                events = await watch.get(timeout=_POLL_S)
+                for e in events:
+                    if self._relevant(e.kv.key):
+                        (self._present.add if e.type == "put" else self._present.discard)(e.kv.key)
+                if events:
+                    self._notify()
+        except EtcdError as exc:
+            self._error = exc
+            self._notify()
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def wait_slice(self, slice_no: int, attempt: int, *, leader_timeout_s: float) -> Record:
+        """Slice ``slice_no``'s record; :class:`LeaderFailed` as :meth:`Ledger.wait_round_result` says,
+        for the slice's leader of ``attempt``."""
+        c = self.close
+        leader = slice_leader_for(c, slice_no, attempt)
+        return await self._wait(
+            keys.slice_key(c.contract, c.round_no, slice_no),
+            leader,
+            keys.slice_leader_key(leader, c.contract, c.round_no, slice_no, attempt),
+            f"slice {slice_no} of round {c.round_no} of {c.contract!r}, attempt {attempt}, leader {leader}",
+            leader_timeout_s,
+        )
+
+    async def wait_round(self, attempt: int, *, leader_timeout_s: float) -> Record:
+        """The round's result record, as :meth:`Ledger.wait_round_result`."""
+        c = self.close
+        leader = leader_for(c, attempt)
+        return await self._wait(
+            keys.result_key(c.contract, c.round_no),
+            leader,
+            keys.leader_key(leader, c.contract, c.round_no, attempt),
+            f"round {c.round_no} of {c.contract!r}, attempt {attempt}, leader {leader}",
+            leader_timeout_s,
+        )
+
+    async def _wait(self, result: str, leader: str, lk: str, what: str, leader_timeout_s: float) -> Record:
+        if leader_timeout_s <= 0:
+            raise ValueError(f"leader_timeout_s={leader_timeout_s}: must be > 0 seconds")
+        ready = keys.ready_key(leader, self.close.contract, self.close.round_no)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + leader_timeout_s
+        seen = False
+        while True:
+            changed = self._changed
+            if self._error is not None:
+                raise LedgerError(f"{what}: lost the watch on the ledger: {self._error}")
+            if result in self._present and (rec := await self.ledger._pointed(result)) is not None:
+                return rec
+            alive = lk in self._present
+            seen = seen or alive
+            if (seen and not alive) or (not alive and ready not in self._present):
+                if (rec := await self.ledger._pointed(result)) is not None:
+                    return rec
+                raise LeaderFailed(
+                    f"{what}: the leader's lease expired before it committed"
+                    if seen
+                    else f"{what}: the leader left the round before it committed"
+                )
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise LeaderFailed(f"{what}: no result within {leader_timeout_s:g}s")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(changed.wait(), min(remaining, 5.0))
+
+
 def _node_value(kv: KeyValue, build: Callable[[Any], T]) -> T | None:
     """``build(json of kv.value)``, or None with a warning (once per key revision) when another node wrote
     garbage under its own prefix (it may): one bad node must not crash every other one."""
@@ -881,24 +1055,13 @@ def _participant(m: Member, d: Mapping[str, Any]) -> Participant:
         digest=str(d["digest"]),
         weight=float(d["weight"]),
         samples=int(d["samples"]),
+        manifest=str(d.get("manifest") or ""),
+        size=int(d.get("size") or 0),
     )
 
 
 def _session_value(training: bool) -> bytes:
     return canonical_json({"ml": "connected" if training else "gone"})
-
-
-async def _first(*aws: Any) -> None:
-    """Wait until the first of ``aws`` finishes; cancel the rest; re-raise its error."""
-    tasks = [asyncio.ensure_future(a) for a in aws]
-    try:
-        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        for t in done:
-            t.result()
-    finally:
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 @contextlib.asynccontextmanager

@@ -11,6 +11,8 @@ key                                                value                        
 /swarm/contracts/<contract>                        seq of the contract record             any node
 /swarm/rounds/<contract>/<round>/close             seq of the round's close record        any node
 /swarm/rounds/<contract>/<round>/result            seq of the round's result record       any node
+/swarm/rounds/<contract>/<round>/slice/<k>         seq of slice k's record (sharded       any node
+                                                   merge)
 /swarm/rounds/<contract>/latest                    seq of the latest result record        any node
 /swarm/nodes/<name>/certs/<fingerprint>            the node's certificate (PEM)           <name>
 /swarm/nodes/<name>/member                         endpoint, leader eligibility (leased)   <name>
@@ -18,6 +20,8 @@ key                                                value                        
 /swarm/nodes/<name>/session/<contract>             its ML process connected or gone       <name>
                                                    (leased)
 /swarm/nodes/<name>/leader/<contract>/<round>/<a>  leadership of attempt a (own lease)    <name>
+/swarm/nodes/<name>/leader/<contract>/<round>/     leadership of slice k, attempt a       <name>
+  s<k>.<a>                                         (sharded merge; own lease)
 /swarm/nodes/<name>/models/<contract>/<round>      ``has`` the round's merged model, or   <name>
                                                    ``fetching`` it (leased while fetching)
 =================================================  =====================================  ==========
@@ -103,6 +107,17 @@ def session_key(name: str, contract: str) -> str:
 
 def leader_key(name: str, contract: str, round_no: int, attempt: int) -> str:
     return f"{NODES}{name}/leader/{contract}/{round_no:08d}/{attempt}"
+
+
+def slice_key(contract: str, round_no: int, slice_no: int) -> str:
+    """Guard and pointer of slice ``slice_no``'s record in a sharded round."""
+    return f"{round_prefix(contract, round_no)}slice/{slice_no:04d}"
+
+
+def slice_leader_key(name: str, contract: str, round_no: int, slice_no: int, attempt: int) -> str:
+    """Leadership of one slice of a sharded round (same depth as :func:`leader_key`, so a round with
+    any leader key, of the round or of a slice, counts as being worked on)."""
+    return f"{NODES}{name}/leader/{contract}/{round_no:08d}/s{slice_no}.{attempt}"
 
 
 def model_prefix(name: str, contract: str) -> str:

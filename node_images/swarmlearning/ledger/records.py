@@ -21,9 +21,13 @@ from swarmlearning import pki
 from swarmlearning.limits import Limits, describe
 
 GENESIS_HASH = "0" * 64
-KINDS = ("member", "contract", "close", "round", "abandon")
+KINDS = ("member", "contract", "close", "round", "abandon", "slice")
 """member: a node joined; contract: a training contract's parameters; close: a round's participant
-set (fixes the leader order); round: a merge result committed by the round leader."""
+set (fixes the leader order); round: a merge result committed by the round leader; abandon: a round
+everyone left; slice: one slice's merge in a sharded round, committed by that slice's leader."""
+
+MAX_SLICES = 4096
+"""Largest slice count a valid slice record may name."""
 
 
 MAX_ATTEMPT = 100_000
@@ -169,17 +173,30 @@ def make_record(
     return dataclasses.replace(signed, hash=signed.compute_hash())
 
 
-def check_protocol(rec: Record, closes: dict[tuple[str, int], Record], results: set[tuple[str, int]]) -> str:
-    """Round rules a valid chain obeys; returns the violation or "". Updates ``closes``/``results``.
+def check_protocol(
+    rec: Record,
+    closes: dict[tuple[str, int], Record],
+    results: set[tuple[str, int]],
+    slices: set[tuple[str, int, int]] | None = None,
+) -> str:
+    """Round rules a valid chain obeys; returns the violation or "". Updates ``closes``/``results``/
+    ``slices``.
 
     One close and one result per round; a result follows its round's close and is either a ``round``
     record signed by the leader that :func:`swarmlearning.ledger.rounds.leader_for` gives for its
     attempt, or an ``abandon`` record (any member may sign it: every participant left without a merge)
-    naming the close's participants.
+    naming the close's participants. A ``slice`` record follows its round's close and precedes its
+    result, is the only one for its slice, and is signed by the leader that
+    :func:`swarmlearning.ledger.rounds.slice_leader_for` gives for its slice and attempt.
     """
-    from swarmlearning.ledger.rounds import NoEligibleLeader, RoundClose, leader_for  # rounds imports us
+    from swarmlearning.ledger.rounds import (  # rounds imports us
+        NoEligibleLeader,
+        RoundClose,
+        leader_for,
+        slice_leader_for,
+    )
 
-    if rec.kind not in ("close", "round", "abandon"):
+    if rec.kind not in ("close", "round", "abandon", "slice"):
         return ""
     round_no = rec.body.get("round")
     if isinstance(round_no, bool) or not isinstance(round_no, int) or not 0 <= round_no < 1 << 63:
@@ -190,6 +207,8 @@ def check_protocol(rec: Record, closes: dict[tuple[str, int], Record], results: 
             return f"round {key[1]} of {_shown(key[0])} closed twice (first at record {closes[key].seq})"
         closes[key] = rec
         return ""
+    if rec.kind == "slice":
+        return _check_slice(rec, key, closes, results, set() if slices is None else slices, slice_leader_for)
     if key in results:
         return f"round {key[1]} of {_shown(key[0])} has a second result"
     close = closes.get(key)
@@ -223,6 +242,42 @@ def check_protocol(rec: Record, closes: dict[tuple[str, int], Record], results: 
             f"round {key[1]} of {_shown(key[0])} was committed by {_shown(rec.author)}, "
             f"but the leader of attempt {attempt} is {_shown(expected)}"
         )
+    return ""
+
+
+def _check_slice(
+    rec: Record,
+    key: tuple[str, int],
+    closes: dict[tuple[str, int], Record],
+    results: set[tuple[str, int]],
+    slices: set[tuple[str, int, int]],
+    slice_leader_for: Any,
+) -> str:
+    from swarmlearning.ledger.rounds import NoEligibleLeader, RoundClose
+
+    what = f"slice record of round {key[1]} of {_shown(key[0])}"
+    slice_no, attempt = rec.body.get("slice"), rec.body.get("attempt")
+    for field_name, value, top in (("slice", slice_no, MAX_SLICES - 1), ("attempt", attempt, MAX_ATTEMPT)):
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= top:
+            return f"{what} has {field_name} {_shown(value)}, not an int in 0..{top}"
+    assert isinstance(slice_no, int) and isinstance(attempt, int)
+    close = closes.get(key)
+    if close is None:
+        return f"{what} without a close record before it"
+    if key in results:
+        return f"{what} after the round's result"
+    if (key[0], key[1], slice_no) in slices:
+        return f"slice {slice_no} of round {key[1]} of {_shown(key[0])} has a second record"
+    try:
+        expected = slice_leader_for(RoundClose.from_record(close), slice_no, attempt)
+    except (KeyError, TypeError, ValueError, AttributeError, OverflowError, NoEligibleLeader) as e:
+        return f"cannot recompute the leader of slice {slice_no} of round {key[1]}: {type(e).__name__}"
+    if rec.author != expected:
+        return (
+            f"slice {slice_no} of round {key[1]} of {_shown(key[0])} was committed by "
+            f"{_shown(rec.author)}, but its leader of attempt {attempt} is {_shown(expected)}"
+        )
+    slices.add((key[0], key[1], slice_no))
     return ""
 
 
@@ -261,6 +316,7 @@ def verify_chain(
     checked_certs: dict[str, str] = {}
     closes: dict[tuple[str, int], Record] = {}
     results: set[tuple[str, int]] = set()
+    slices: set[tuple[str, int, int]] = set()
     for pos, rec in enumerate(records):
 
         def bad(reason: str, pos: int = pos) -> ChainReport:
@@ -311,7 +367,7 @@ def verify_chain(
             return bad("signature is not base64")
         if not pki.verify_signature(cert, rec.canonical_bytes(), sig):
             return bad(f"signature by {_shown(rec.author)} is invalid (record altered or forged)")
-        problem = check_protocol(rec, closes, results)
+        problem = check_protocol(rec, closes, results, slices)
         if problem:
             return bad(problem)
         prev = rec.hash

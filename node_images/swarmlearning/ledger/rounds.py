@@ -5,6 +5,11 @@ by name) with ``sha256(prev_hash | contract | round | a)`` as the random number,
 is the hash of the ledger record preceding the round's close record: nobody controls it, anyone can
 recompute it. Each attempt removes the previous attempts' leaders from the draw (a failed leader is
 not chosen again until every eligible participant has had a turn).
+
+In a sharded round (see ``swarmlearning.sl.modes.sharded``) slice ``k`` has its own leaders: the
+eligible participants ranked by ``sha256(prev_hash | contract | round | name)``; attempt ``a`` of slice
+``k`` is led by the ranked participant ``(k + a) mod E``. With one slice per eligible participant each
+leads one slice at attempt 0, and a failed slice leader's slice moves to the next in the ranking.
 """
 
 from __future__ import annotations
@@ -46,6 +51,10 @@ class Participant:
     """Merge weight (e.g. node weightage)."""
     samples: int
     """Samples trained on since the last round."""
+    manifest: str = ""
+    """Digest of its input's chunk manifest (contracts that may merge sharded), "" otherwise."""
+    size: int = 0
+    """Bytes of its input, declared with a manifest (the sharded mode's ``auto`` rule reads it)."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -55,6 +64,7 @@ class Participant:
             "digest": self.digest,
             "weight": self.weight,
             "samples": self.samples,
+            **({"manifest": self.manifest, "size": self.size} if self.manifest else {}),
         }
 
     @classmethod
@@ -66,6 +76,8 @@ class Participant:
             digest=str(d["digest"]),
             weight=float(d["weight"]),
             samples=int(d["samples"]),
+            manifest=str(d.get("manifest") or ""),
+            size=int(d.get("size") or 0),
         )
 
 
@@ -140,6 +152,25 @@ def draw_leader(
 def leader_for(close: RoundClose, attempt: int) -> str:
     """Leader of ``attempt`` of a closed round; recomputable by anyone from the close record."""
     return draw_leader(close.participants, close.prev_hash, close.contract, close.round_no, attempt)
+
+
+def slice_leader_for(close: RoundClose, slice_no: int, attempt: int) -> str:
+    """Leader of ``attempt`` of slice ``slice_no`` (both >= 0) of a sharded round; see the module
+    docstring. Raises NoEligibleLeader."""
+    if slice_no < 0 or attempt < 0:
+        raise ValueError(f"slice={slice_no}, attempt={attempt}: must be >= 0")
+    eligible = sorted(p.name for p in close.participants if p.leader_eligible)
+    if not eligible:
+        raise NoEligibleLeader(
+            f"round {close.round_no} of {close.contract!r}: no participant is leader-eligible"
+        )
+    ranked = sorted(
+        eligible,
+        key=lambda n: hashlib.sha256(
+            f"{close.prev_hash}|{close.contract}|{close.round_no}|{n}".encode()
+        ).digest(),
+    )
+    return ranked[(slice_no + attempt) % len(ranked)]
 
 
 HAS_MODEL = "has"

@@ -18,10 +18,13 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from swarmlearning.local.config import ConfigError, load_config
 from swarmlearning.local.runner import LocalSwarm, RunError
+
+if TYPE_CHECKING:
+    from swarmlearning.local.report import PrivacySpent
 
 
 @dataclass(frozen=True)
@@ -36,6 +39,8 @@ class RunResult:
     ledger_message: str
     rounds: int
     wall_seconds: float
+    privacy: PrivacySpent | None = None
+    """What the contract's and the scripts' privacy options spent (None when none was on)."""
 
     @property
     def mean_local_only(self) -> float:
@@ -94,6 +99,7 @@ def run_example(
         reference=baselines.central,
     )
     rounds = max((int(r["round"]) for r in rows if r.get("round") is not None), default=0)
+    privacy = report.PrivacySpent.of(snapshot.records)
     result = RunResult(
         run_dir=str(run_dir),
         swarm_accuracy=swarm_acc,
@@ -105,6 +111,7 @@ def run_example(
         ledger_message=verdict.message(),
         rounds=rounds,
         wall_seconds=time.monotonic() - started,
+        privacy=privacy if privacy.line() else None,
     )
     table = report.summary_table(result.local_only, local_last, swarm_acc, baselines.central)
     (run_dir / "summary.txt").write_text(table + "\n")
@@ -115,6 +122,8 @@ def run_example(
         f"final merged model identical on every node: {'yes' if result.final_models_identical else 'NO'}; "
         f"{rounds} rounds; ledger: {verdict.message()}; wall time {result.wall_seconds:.0f}s"
     )
+    if privacy.line():
+        emit(str(privacy.line()))
     emit(
         f"run folder: {run_dir} (model.safetensors, local-models/, metrics.csv, curves.png, "
         "ledger.json, logs/)"
@@ -155,6 +164,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             max_epochs=args.epochs,
             sync_frequency=args.sync_frequency,
             merge_method=args.merge_method,
+            merge_mode=args.merge_mode,
             script_args=passthrough,
             out=args.out,
             timeout=args.timeout,
@@ -211,6 +221,12 @@ def register(subparsers: Any) -> None:
     own.add_argument("--epochs", type=int, default=None, help="MAX_EPOCHS for the script")
     own.add_argument("--sync-frequency", type=int, default=None, help="override the script's syncFrequency")
     own.add_argument("--merge-method", default=None, help="override the script's mergeMethod")
+    own.add_argument(
+        "--merge-mode",
+        default=None,
+        choices=("auto", "single", "sharded"),
+        help="override the script's mergeMode (auto: sharded from 4 leader-eligible peers and 16 MB models)",
+    )
     own.add_argument(
         "--timeout", type=float, default=3600.0, help="stop everything after this many seconds (3600)"
     )

@@ -206,6 +206,52 @@ def plot_curves(
     plt.close(fig)
 
 
+@dataclass(frozen=True)
+class PrivacySpent:
+    """What a run's privacy options spent, from its round records (docs/privacy.md)."""
+
+    site_epsilon: float | None
+    """Site-level DP: ε after the last committed round (None: no site-level DP)."""
+    site_delta: float | None
+    dp_sgd_epsilon: dict[str, float]
+    """Per node: the DP-SGD ε of its last input in a committed round."""
+    secure_rounds: int
+    """Rounds merged by secure aggregation."""
+    dropouts_recovered: int
+    """Inputs of securely aggregated rounds whose masks were rebuilt after their node dropped out."""
+
+    @classmethod
+    def of(cls, records: Iterable[Any]) -> PrivacySpent:
+        site_eps = site_delta = None
+        sgd: dict[str, float] = {}
+        secure = dropped = 0
+        for rec in sorted((r for r in records if r.kind == "round"), key=lambda r: int(r.body["round"])):
+            extra = rec.body.get("extra") or {}
+            privacy = extra.get("privacy") or {}
+            if "siteDp" in privacy:
+                site_eps, site_delta = float(privacy["siteDp"]["epsilon"]), float(privacy["siteDp"]["delta"])
+            if "secureAggregation" in privacy:
+                secure += 1
+                dropped += len(privacy["secureAggregation"].get("dropped", []))
+            sgd |= {str(n): float(e) for n, e in (extra.get("epsilon") or {}).items() if e is not None}
+        return cls(site_eps, site_delta, sgd, secure, dropped)
+
+    def line(self) -> str | None:
+        """One line for the end of ``swarmctl run``; None when no privacy option was on."""
+        parts = []
+        if self.site_epsilon is not None:
+            parts.append(f"site-level DP epsilon {self.site_epsilon:.3g} (delta {self.site_delta:g})")
+        if self.dp_sgd_epsilon:
+            per_node = ", ".join(f"{n} {e:.3g}" for n, e in sorted(self.dp_sgd_epsilon.items()))
+            parts.append(f"DP-SGD epsilon per node {per_node}")
+        if self.secure_rounds:
+            parts.append(
+                f"secure aggregation in {self.secure_rounds} rounds "
+                f"({self.dropouts_recovered} dropouts recovered)"
+            )
+        return "privacy: " + "; ".join(parts) if parts else None
+
+
 def summary_table(
     local_only: Mapping[str, float], local_last: Mapping[str, float], swarm: float, central: float
 ) -> str:

@@ -27,6 +27,8 @@ from swarmlearning.local.runner import LocalSwarm, RunError
 ENV_FLAGS: dict[str, str] = {
     "sync_frequency": "SWARM_SYNC_FREQUENCY",
     "merge_method": "SWARM_MERGE_METHOD",
+    "merge_mode": "SWARM_MERGE_MODE",
+    "merge_fallback": "SWARM_MERGE_FALLBACK",
 }
 """``swarmctl run --script`` flags that override the script's callback parameters when given."""
 
@@ -93,6 +95,8 @@ def run_script(
     max_epochs: int | None = None,
     sync_frequency: int | None = None,
     merge_method: str | None = None,
+    merge_mode: str | None = None,
+    merge_fallback: str | None = None,
     script_args: Sequence[str] = (),
     out: str | Path | None = None,
     timeout: float = 3600.0,
@@ -117,7 +121,12 @@ def run_script(
         raise ConfigError(f"--sync-frequency must be >= 1, got {sync_frequency}")
     if not 10 <= timeout <= 86400:
         raise ConfigError(f"--timeout must be between 10 and 86400 seconds, got {timeout:g}")
-    given = {"sync_frequency": sync_frequency, "merge_method": merge_method}
+    given = {
+        "sync_frequency": sync_frequency,
+        "merge_method": merge_method,
+        "merge_mode": merge_mode,
+        "merge_fallback": merge_fallback,
+    }
     overrides = {ENV_FLAGS[k]: str(v) for k, v in given.items() if v is not None}
     run_dir = Path(out) if out else Path("runs") / f"{path.stem}-{time.strftime('%Y%m%d-%H%M%S')}"
     if run_dir.exists() and any(run_dir.iterdir()):

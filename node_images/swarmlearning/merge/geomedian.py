@@ -23,6 +23,10 @@ when the objective sum_i w_i ||x_i - z|| no longer decreases (oscillation at rou
 Weiszfeld steps always decrease it), keeping the current estimate; when all models coincide with z; or
 after geomedian_max_iter updates. ``MergeResult.iterations`` counts the updates made.
 Integer/bool tensors take the weighted lower median of all contributing models.
+
+Where the compiled kernels serve a tensor (``kernels.py``), each of its passes is one fused blocked
+kernel (``kernels.weiszfeld_pass``: the weighted sum, the change, the norm and all N distances from one
+read of every input).
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ import math
 
 import torch
 
-from swarmlearning.merge import layers
+from swarmlearning.merge import kernels, layers
 from swarmlearning.merge.layers import (
     flat_rows,
     float_names,
@@ -65,6 +69,11 @@ def _update(
     b = (beta / beta.sum()).tolist()
     for name in float_names(inputs.models):
         rows, zf = flat_rows(inputs.models, name), z[name]
+        if kernels.supported(rows):  # the same pass fused: one read of every input, z read and written once
+            dz2, nz2, dist2 = kernels.weiszfeld_pass(rows, b, keep, zf)
+            delta2, norm2 = delta2 + dz2, norm2 + nz2
+            d2 = [a + float(x) for a, x in zip(d2, dist2, strict=True)]
+            continue
         new_buf, diff_buf = _buffers(zf)
         for s in slices(zf.numel(), layers.STREAM_VALUES):
             old = zf[s]
@@ -102,6 +111,9 @@ def _residual_norm(inputs: MergeInputs, z: dict[str, torch.Tensor], beta: torch.
     coef = beta.tolist()
     for name in float_names(inputs.models):
         rows, zf = flat_rows(inputs.models, name), z[name]
+        if kernels.supported(rows):
+            r2 += kernels.pull_norm2(rows, coef, zf)
+            continue
         pull_buf, _ = _buffers(zf)
         for s in slices(zf.numel(), layers.STREAM_VALUES):
             pull = _weighted_sum(rows, s, coef, pull_buf[: s.stop - s.start]).sub_(zf[s], alpha=total)

@@ -11,14 +11,16 @@ Computed in the work dtype (float32 for float32/float16/bfloat16 models, float64
 result is an input value or the midpoint of two, rounded once). Equal weights (the common case) take
 the middle row(s) of a sorting network (elementwise min/max over N x c blocks of 64 Ki values per model,
 cache-resident); other weights run the same network carrying model indices and pick by float64
-cumulative weights. Above 32 models, c x N blocks are sorted with torch.sort instead.
+cumulative weights. Above 32 models, c x N blocks are sorted with torch.sort instead. Where the compiled
+kernels serve a tensor (``kernels.py``), the same rules run as one blocked pass of sorting networks
+over cache-sized blocks for any N (``kernels.order_statistic``).
 """
 
 from __future__ import annotations
 
 import torch
 
-from swarmlearning.merge import layers
+from swarmlearning.merge import kernels, layers
 from swarmlearning.merge.types import MergeInputs, MergeResult
 
 
@@ -43,10 +45,17 @@ def _weighted_network(block: torch.Tensor, weights: torch.Tensor) -> torch.Tenso
 
 def merge_coordmedian(inputs: MergeInputs) -> MergeResult:
     """Weighted coordinate-wise median of the contributing models."""
-    if layers.equal_weights(inputs.weights):
-        state = layers.merge_rowwise(inputs.models, inputs.weights, _equal)
+    w = inputs.weights
+    equal = layers.equal_weights(w)
+
+    def kernel(rows: list[torch.Tensor], out: torch.Tensor) -> None:
+        trim = (0, 0) if equal else None  # (0, 0): the equal-weight network path
+        kernels.order_statistic(rows, w, out, statistic="median", trim=trim, tol=layers.WEIGHT_TOL)
+
+    if equal:
+        state = layers.merge_rowwise(inputs.models, w, _equal, kernel)
     elif len(inputs.models) <= layers.NETWORK_MAX_MODELS:
-        state = layers.merge_rowwise(inputs.models, inputs.weights, _weighted_network)
+        state = layers.merge_rowwise(inputs.models, w, _weighted_network, kernel)
     else:
-        state = layers.merge_tensorwise(inputs.models, inputs.weights, _weighted)
+        state = layers.merge_tensorwise(inputs.models, w, _weighted, kernel=kernel)
     return MergeResult(state=state, selected=inputs.indices)

@@ -8,6 +8,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import torch
 
+from swarmlearning.merge import kernels, plugins
 from swarmlearning.merge.geomedian import merge_geomedian
 from swarmlearning.merge.krum import merge_krum, merge_multikrum
 from swarmlearning.merge.mean import merge_mean
@@ -60,7 +61,7 @@ def merge(
     geomedian_tol: float = 1e-6,
     geomedian_max_iter: int = 100,
 ) -> MergeResult:
-    """Merge state_dicts layer by layer with one of :data:`METHODS`.
+    """Merge state_dicts layer by layer with one of :data:`METHODS`, or a plugin as ``plugin:<name>``.
 
     models: state_dicts with identical names, shapes and dtypes (checked; finiteness is not checked here,
         run :func:`validate_peer_model` first). The result has the first model's dtypes and devices.
@@ -72,9 +73,18 @@ def merge(
     geomedian_tol: geomedian, stop when the update's norm <= tol * the estimate's norm (> 0, default 1e-6).
     geomedian_max_iter: geomedian, at most this many Weiszfeld updates (>= 1, default 100).
     Raises MergeError (a ValueError) naming the parameter and the allowed values.
+
+    ``plugin:<name>`` (``swarmlearning.merge.plugins``): the same checks, then the installed entry
+    point ``<name>`` of group ``swarmlearning.merge`` merges the positive-weight models with their
+    normalised weights and these options; its output is checked (names, shapes, dtypes, finite) and the
+    result carries the plugin's identity. Its failures are ``plugins.PluginError`` (a MergeError).
+    Built-in names always mean the built-in.
     """
-    if not isinstance(method, str) or method not in _REGISTRY:
-        raise MergeError(f"method must be one of {', '.join(METHODS)}; got {method!r}")
+    plugin = plugins.plugin_name(method) if isinstance(method, str) else None
+    if plugin is not None:
+        plugins.check_name(plugin)
+    elif not isinstance(method, str) or method not in _REGISTRY:
+        raise MergeError(f"method must be one of {', '.join(METHODS)} or plugin:<name>; got {method!r}")
     if isinstance(models, Mapping) or not isinstance(models, Sequence) or len(models) == 0:
         raise MergeError("models must be a non-empty sequence of state_dicts; got none")
     if isinstance(weights, str | bytes) or not isinstance(weights, Sequence) or len(weights) != len(models):
@@ -97,6 +107,11 @@ def merge(
     inputs = MergeInputs(
         models=tuple(models[i] for i in indices), weights=normalised, indices=indices, options=options
     )
+    if plugin is not None:
+        loaded = plugins.load_plugin(plugin)
+        state = plugins.run_plugin(loaded, inputs.models, inputs.weights, options)
+        return MergeResult(state=state, selected=indices, plugin=loaded.info)
+    kernels.prepare(inputs.models)
     return _REGISTRY[method](inputs)
 
 

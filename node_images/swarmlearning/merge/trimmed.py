@@ -13,14 +13,15 @@ Computation: a = 0 is the streaming weighted mean. Equal weights sort N x c bloc
 average the kept rows as a running mean in that dtype. Other weights run the same network carrying model
 indices (ties ordered by index, as a stable sort), decide the cuts on float64 cumulative weights and form
 the weighted sum of the kept values in float64, rounded once; above 32 models a stable torch.sort of
-c x N blocks replaces the network.
+c x N blocks replaces the network. Where the compiled kernels serve a tensor (``kernels.py``), the same
+rules run as one blocked pass of sorting networks over cache-sized blocks for any N.
 """
 
 from __future__ import annotations
 
 import torch
 
-from swarmlearning.merge import layers
+from swarmlearning.merge import kernels, layers
 from swarmlearning.merge.types import MergeInputs, MergeResult
 
 
@@ -83,13 +84,24 @@ def _equal(block: torch.Tensor, low: int, high: int) -> torch.Tensor:
 def merge_trimmedmean(inputs: MergeInputs) -> MergeResult:
     """Weighted coordinate-wise trimmed mean of the contributing models."""
     fraction, models, weights = inputs.options.trim_fraction, inputs.models, inputs.weights
+    trim: tuple[int, int] | None = None  # equal weights: how many sorted values to drop at each end
+    if layers.equal_weights(weights) and sum(cut_counts(weights, fraction)) < len(models):
+        trim = cut_counts(weights, fraction)
+
+    def kernel(rows: list[torch.Tensor], out: torch.Tensor) -> None:
+        kernels.order_statistic(
+            rows, weights, out, statistic="trimmed", trim=trim, fraction=fraction, tol=layers.WEIGHT_TOL
+        )
+
     if fraction == 0:
         state = layers.mean_state(models, weights)
-    elif layers.equal_weights(weights) and sum(cut_counts(weights, fraction)) < len(models):
-        low, high = cut_counts(weights, fraction)
-        state = layers.merge_rowwise(models, weights, lambda b, w: _equal(b, low, high))
+    elif trim is not None:
+        low, high = trim
+        state = layers.merge_rowwise(models, weights, lambda b, w: _equal(b, low, high), kernel)
     elif len(models) <= layers.NETWORK_MAX_MODELS:
-        state = layers.merge_rowwise(models, weights, lambda b, w: _weighted_network(b, w, fraction))
+        state = layers.merge_rowwise(models, weights, lambda b, w: _weighted_network(b, w, fraction), kernel)
     else:
-        state = layers.merge_tensorwise(models, weights, lambda b, w: trimmed_mean(b, w, fraction))
+        state = layers.merge_tensorwise(
+            models, weights, lambda b, w: trimmed_mean(b, w, fraction), kernel=kernel
+        )
     return MergeResult(state=state, selected=inputs.indices)

@@ -3,6 +3,6 @@
 ``from swarmlearning.pyt import SwarmCallback``
 """
 
-from swarmlearning.pyt.callback import SwarmCallback, SwarmError
+from swarmlearning.pyt.callback import PrivacyBudgetSpent, SwarmCallback, SwarmError
 
-__all__ = ["SwarmCallback", "SwarmError"]
+__all__ = ["PrivacyBudgetSpent", "SwarmCallback", "SwarmError"]

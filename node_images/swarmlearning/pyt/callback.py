@@ -11,12 +11,12 @@ from typing import Any
 
 import torch
 
-from swarmlearning.client.params import SwarmError, SwarmParameterError
+from swarmlearning.client.params import BUDGET_ACTIONS, PrivacyBudgetSpent, SwarmError, SwarmParameterError
 from swarmlearning.client.swarm import SLPlatforms, SwarmCallbackBase
 from swarmlearning.pyt.metrics import MetricFn, evaluate, make_loss, make_metric
 from swarmlearning.sl.weights import decode_state, encode_state
 
-__all__ = ["SwarmCallback", "SwarmError"]
+__all__ = ["PrivacyBudgetSpent", "SwarmCallback", "SwarmError"]
 
 
 class SwarmCallback(SwarmCallbackBase):
@@ -53,6 +53,77 @@ class SwarmCallback(SwarmCallbackBase):
         self.valData = self._wrap_val_data(p.adsValData, p.adsValBatchSize)
         self.local_state: dict[str, torch.Tensor] | None = None
         """This node's own weights just before the final merge (its last local model)."""
+        self.privacy: Any = None
+        """The DP-SGD tracker of :meth:`make_private` (``.epsilon()``, ``.budget_spent()``), or None."""
+        self._on_budget_spent = "stop"
+        self._budget_warned = False
+
+    # ---------------- sample-level differential privacy (ours) ----------------
+
+    def make_private(
+        self,
+        optimizer: torch.optim.Optimizer,
+        data_loader: torch.utils.data.DataLoader,
+        *,
+        max_grad_norm: float = 1.0,
+        delta: float = 1e-5,
+        noise_multiplier: float | None = None,
+        target_epsilon: float | None = None,
+        epochs: int | None = None,
+        on_budget_spent: str = "stop",
+    ) -> tuple[torch.nn.Module, torch.optim.Optimizer, torch.utils.data.DataLoader]:
+        """Train this callback's model with DP-SGD (Opacus): per-sample gradients clipped to
+        ``max_grad_norm`` and noised; give ``noise_multiplier``, or ``target_epsilon`` (at ``delta``)
+        with the ``epochs`` it must last. Returns the model, optimizer and DataLoader to train with
+        (the model keeps its weights: the swarm merges the original module). Every sync reports the ε
+        spent so far, which the round record keeps per node; once it passes ``target_epsilon``,
+        ``on_batch_end`` raises :class:`PrivacyBudgetSpent` (``on_budget_spent="stop"``) or warns
+        (``"warn"``). See ``swarmlearning.pyt.privacy``."""
+        if on_budget_spent not in BUDGET_ACTIONS:
+            raise SwarmParameterError(
+                f"on_budget_spent must be one of {', '.join(BUDGET_ACTIONS)}, got {on_budget_spent!r}"
+            )
+        from swarmlearning.pyt.privacy import make_private
+
+        try:
+            model, optimizer, loader, tracker = make_private(
+                self.model,
+                optimizer,
+                data_loader,
+                max_grad_norm=max_grad_norm,
+                delta=delta,
+                noise_multiplier=noise_multiplier,
+                target_epsilon=target_epsilon,
+                epochs=epochs,
+            )
+        except ValueError as exc:
+            raise SwarmParameterError(f"make_private: {exc}") from exc
+        self.privacy = tracker
+        self._on_budget_spent = on_budget_spent
+        self.logger.info(
+            "DP-SGD on: noise multiplier %.3g, max grad norm %g, delta %g%s",
+            tracker.noise_multiplier,
+            tracker.max_grad_norm,
+            tracker.delta,
+            "" if target_epsilon is None else f", epsilon budget {target_epsilon:g} over {epochs} epochs",
+        )
+        return model, optimizer, loader
+
+    def _privacy_epsilon(self) -> float | None:
+        return None if self.privacy is None else float(self.privacy.epsilon())
+
+    def _check_privacy_budget(self) -> None:
+        if self.privacy is None or not self.privacy.budget_spent():
+            return
+        message = (
+            f"sample-level privacy budget spent: epsilon {self.privacy.epsilon():.3g} > "
+            f"{self.privacy.target_epsilon:g} (delta {self.privacy.delta:g}) after {self.privacy.steps} steps"
+        )
+        if self._on_budget_spent == "stop":
+            raise PrivacyBudgetSpent(message + "; stop training and call on_train_end()")
+        if not self._budget_warned:
+            self._budget_warned = True
+            self.logger.warning("%s; training goes on (on_budget_spent='warn')", message)
 
     # ---------------- hooks (HPE's signatures) ----------------
 

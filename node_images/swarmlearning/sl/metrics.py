@@ -41,11 +41,14 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    ProcessCollector,
     generate_latest,
 )
 
+from swarmlearning.sl.kinds import FAMILIES, family_of
+
 PHASES = ("barrier", "fetch", "merge", "distribution", "commit")
-KINDS = ("input", "merged")
+KINDS = FAMILIES
 REJECT_REASONS = ("digest", "shape", "dtype", "names", "nonfinite", "unreachable", "oversize", "other")
 PHASE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
 """Seconds: a merge of a small model takes milliseconds, a barrier up to ``quorumTimeoutSeconds``."""
@@ -90,6 +93,8 @@ class SLMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
+        # process_cpu_seconds_total, process_resident_memory_bytes, ...: what a node costs its host.
+        ProcessCollector(registry=r)
         self._joined = Counter(
             "swarm_sl_rounds_joined", "Rounds whose close included this node", ["contract"], registry=r
         )
@@ -236,9 +241,10 @@ class SLMetrics:
 
 
 def _kind(kind: str) -> str:
-    if kind not in KINDS:
-        raise ValueError(f"kind {kind!r}: must be one of {', '.join(KINDS)}")
-    return kind
+    family = family_of(kind)
+    if family is None:
+        raise ValueError(f"kind {kind!r}: must be one of {', '.join(KINDS)} (chunks with their index)")
+    return family
 
 
 class MetricsServer:

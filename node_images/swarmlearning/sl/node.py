@@ -7,18 +7,18 @@ One sync, seen from this node (round numbers come from the ledger, starting at 1
    their digest, nodeWeightage and sample count, and waits for the round to close (quorum, then up to
    ``fullQuorumWaitSeconds`` for more peers, at most ``maxPeers``); below quorum it tells the ML process
    what it waits for and fails after ``quorumTimeoutSeconds``;
-3. the leader of attempt ``a`` (drawn from the close record) holds a leadership lease, fetches every
-   participant's input, checks it against the digest the peer declared, rejects wrong names, shapes,
-   dtypes and non-finite values, merges the rest with the contract's method, serves the result and
-   commits a signed round record (inputs, weights, digests, rejected peers, and in ``extra`` the
-   latest validation loss/metric each accepted participant's ML process reported with its input);
-4. everyone else waits for that record, fetches the merged model, checks its digest against the record
-   and hands it to the ML process. If the leader dies, the next attempt's leader takes over.
+3. the round's mode (``swarmlearning.sl.modes``, chosen from the contract's ``mergeMode`` and the close
+   record) completes it: ``single``, one leader fetches every input, validates and merges; ``sharded``,
+   every slice of the model has its own leader and nobody receives another's whole model. Either way
+   every input is checked against the digest its node declared, malformed or non-finite inputs are
+   rejected and recorded, a failed leader is replaced, and the signed round record names the merged
+   model's digest;
+4. the node checks the merged model against that record and hands it to the ML process.
 
-Round 1 is the initial sync: the leader's own weights become everyone's starting point (averaging
-random initialisations would shrink them). After ``on_train_end`` a node keeps contributing (snapshot,
-merged or weight 0, per ``checkinModelOnTrainEnd``) until a round in which every participant has
-finished; that round's merged model is the final model of every node.
+Round 1 is the initial sync (always single-leader): the leader's own weights become everyone's starting
+point (averaging random initialisations would shrink them). After ``on_train_end`` a node keeps
+contributing (snapshot, merged or weight 0, per ``checkinModelOnTrainEnd``) until a round in which every
+participant has finished; that round's merged model is the final model of every node.
 
 End of training: every participant of that final round that holds its merged model records so in the
 ledger (``Ledger.mark_has_model``), and so does a late joiner that fetched the latest model (announced
@@ -40,47 +40,61 @@ import contextlib
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
-
-import torch
 
 from swarmlearning import pki
 from swarmlearning.etcd import EtcdError
 from swarmlearning.ledger import (
-    LeaderFailed,
     Ledger,
     LedgerError,
     ModelDelivery,
-    NoEligibleLeader,
     QuorumTimeout,
     Record,
-    RoundAlreadyCommitted,
     RoundClose,
 )
-from swarmlearning.merge import merge, validate_peer_model
+from swarmlearning.sl import modes, privacy, server_optimizer
 from swarmlearning.sl.archive import ModelArchive
 from swarmlearning.sl.channel import ChannelError, Frame, encode_frame, read_frame, write_frame
-from swarmlearning.sl.metrics import MetricsServer, SLMetrics, peer_error_reason, reject_reason
-from swarmlearning.sl.peers import HeldModel, ModelKey, ModelStore, PeerClient, PeerError, PeerServer
-from swarmlearning.sl.progress import Progress, round_extra
-from swarmlearning.sl.weights import decode_state, digest, encode_state
+from swarmlearning.sl.metrics import MetricsServer, SLMetrics
+from swarmlearning.sl.modes import RoundAbandoned, RoundContext, RoundFailed
+from swarmlearning.sl.modes.base import FETCH_TIMEOUT_SECONDS, INITIAL_ROUND
+from swarmlearning.sl.peers import ModelKey, ModelStore, PeerClient, PeerError, PeerServer
+from swarmlearning.sl.progress import Progress
+from swarmlearning.sl.weights import WeightsError, digest
 
 log = logging.getLogger("swarmlearning.sl")
 
-INITIAL_ROUND = 1
-FETCH_TIMEOUT_SECONDS = 30.0
-"""Per peer download of a model (a few MB on a LAN is well below this)."""
+__all__ = ["FinalRound", "LingerStatus", "RoundFailed", "SLConfig", "SLNode", "linger_status"]
+
+CONTRACT_PARAMS = (
+    "mergeMethod",
+    "mergeMode",
+    "mergeFallback",
+    "minPeers",
+    "maxPeers",
+    "trimFraction",
+    "byzantine",
+    "siteDpClipNorm",
+    "siteDpNoiseMultiplier",
+    "siteDpDelta",
+    "siteDpEpsilonBudget",
+    "siteDpOnBudgetSpent",
+    "secureAggregation",
+    "secaggThreshold",
+    "serverOptimizer",
+    "serverLearningRate",
+    "serverMomentum",
+)
+"""The ML side's settings that are the contract's: the first node's are recorded and everyone uses
+them (how rounds merge, and what protects their inputs)."""
 RESULT_FETCH_SECONDS = 60.0
 """How long a non-leader keeps trying to download a committed merged model."""
 DEFAULT_LINGER_SECONDS = 60.0
 """Default upper bound of serving the final model after the ML process finished."""
 _LINGER_POLL_SECONDS = 0.5
 _LINGER_SAY_EVERY_SECONDS = 5.0
-
-
-class RoundFailed(RuntimeError):
-    """A sync could not complete; the message is shown to the user by the ML process."""
 
 
 @dataclass(frozen=True)
@@ -368,11 +382,7 @@ class SLNode:
             settings = dict(frame.header.get("settings") or {})
             s.settings = settings
             s.contract = str(settings.get("contract", ""))
-            wanted = {
-                k: settings[k]
-                for k in ("mergeMethod", "minPeers", "maxPeers", "trimFraction", "byzantine")
-                if k in settings
-            }
+            wanted = {k: settings[k] for k in CONTRACT_PARAMS if k in settings}
             s.params = await ledger.ensure_contract(s.contract, wanted)
             self.metrics.contract_seen(s.contract)
             differ = {k: (v, s.params.get(k)) for k, v in wanted.items() if s.params.get(k) != v}
@@ -398,15 +408,17 @@ class SLNode:
             raise RoundFailed(f"op {op!r} before hello: the callback must call on_train_begin() first")
         if op == "latest":
             round_no, data = await self._latest_merged(s, note)
-            s.last_merged = data
-            return Frame({"ok": True, "round": round_no, "digest": digest(data)}, data)
+            s.last_merged = server_optimizer.strip(data)
+            return Frame({"ok": True, "round": round_no, "digest": digest(data)}, s.last_merged)
         if op == "sync":
             kind = str(frame.header.get("kind", "round"))
             if kind == "initial" and await ledger.current_round(s.contract) > INITIAL_ROUND:
                 # Round 1 closed without us: take the swarm's start (or newer) model instead.
                 round_no, data = await self._latest_merged(s, note)
-                s.last_merged = data
-                return Frame({"ok": True, "round": round_no, "late": True, "digest": digest(data)}, data)
+                s.last_merged = server_optimizer.strip(data)
+                return Frame(
+                    {"ok": True, "round": round_no, "late": True, "digest": digest(data)}, s.last_merged
+                )
             result = await self._sync(s, frame.payload, frame.header, final=False, note=note)
             return result.reply()
         if op == "finish":
@@ -480,13 +492,47 @@ class SLNode:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + quorum_timeout
         remaining = quorum_timeout
+        site_dp = privacy.SiteDP.of(s.params)
+        private = b""  # this sync's input after site-level DP: noised once, whichever round takes it
         while True:
             if (ended := await self._ended(s, note)) is not None:
                 return ended
             round_no = await ledger.current_round(s.contract)
+            data = payload
+            if site_dp.enabled and round_no > INITIAL_ROUND:
+                privacy.check_budget(site_dp, round_no, note)
+                if not private:
+                    if not s.last_merged:  # a restarted SL node: the round started from the latest model
+                        s.last_merged = server_optimizer.strip((await self._latest_merged(s, note))[1])
+                    private = await asyncio.to_thread(privacy.privatise, s.params, payload, s.last_merged)
+                data = private
             key = ModelKey(s.contract, round_no, "input")
-            d = self.store.put(key, payload, final=final, progress=progress)
-            await ledger.mark_ready(s.contract, round_no, digest=d, weight=weight, samples=samples)
+            d = self.store.put(key, data, final=final, progress=progress)
+            manifest = ""
+            if round_no > INITIAL_ROUND and modes.may_shard(s.params):
+                try:
+                    manifest = await asyncio.to_thread(
+                        modes.prepare_input,
+                        self.store,
+                        s.contract,
+                        round_no,
+                        data,
+                        final=final,
+                        progress=progress,
+                    )
+                except WeightsError as exc:
+                    raise RoundFailed(
+                        f"round {round_no}: the ML process sent weights that are not safetensors: {exc}"
+                    ) from exc
+            await ledger.mark_ready(
+                s.contract,
+                round_no,
+                digest=d,
+                weight=weight,
+                samples=samples,
+                manifest=manifest,
+                size=len(data),
+            )
             ready_at = loop.time()
             try:
                 close = await ledger.close_round(
@@ -511,10 +557,10 @@ class SLNode:
             try:
                 result = await self._complete_round(s, close, note)
                 break
-            except _RoundAbandoned:
+            except RoundAbandoned:
                 note(f"round {round_no} was recorded as abandoned meanwhile; joining the current round")
                 remaining = max(1.0, deadline - loop.time())
-        s.last_merged = result.data
+        s.last_merged = result.model
         await self._archive(s.contract, result.round_no, result.data, result.digest)
         if result.all_final:
             # Finished nodes serve this model until every participant recorded having it.
@@ -545,187 +591,22 @@ class SLNode:
     async def _complete_round(
         self, s: _Session, close: RoundClose, note: Callable[[str], None]
     ) -> _RoundResult:
-        ledger = self._ledger()
-        leader_timeout = float(s.settings.get("leaderFailureTimeoutSeconds", 600))
-        eligible = [p.name for p in close.participants if p.leader_eligible]
-        if not eligible:
-            raise NoEligibleLeader(f"round {close.round_no}: no participant is leader-eligible")
-        for attempt in range(2 * len(eligible)):
-            leader = ledger.leader_for(close, attempt)
-            if leader == self.cert.name:
-                try:
-                    record, data = await self._lead(s, close, attempt, note)
-                    return _RoundResult.of(close, record, data)
-                except RoundAlreadyCommitted as exc:
-                    record = exc.record
-                    if record.kind == "abandon":
-                        raise _RoundAbandoned() from exc
-            else:
-                note(
-                    f"round {close.round_no}: waiting for leader {leader} (attempt {attempt}, "
-                    f"up to {leader_timeout:g}s)"
-                )
-                try:
-                    record = await ledger.wait_round_result(close, attempt, leader_timeout_s=leader_timeout)
-                except LeaderFailed as exc:
-                    note(f"{exc}; moving to attempt {attempt + 1}")
-                    self.metrics.leader_failover()
-                    continue
-                self.metrics.ledger_seq(record.seq)
-                if record.kind == "abandon":
-                    raise _RoundAbandoned()
-            with self.metrics.phase("fetch"):
-                data = await self._fetch_result(s, close, record)
-            return _RoundResult.of(close, record, data)
-        raise RoundFailed(
-            f"round {close.round_no}: no leader committed after {2 * len(eligible)} attempts "
-            f"(leaderFailureTimeoutSeconds={leader_timeout:g})"
+        mode = modes.mode_for(close, s.params)
+        ctx = RoundContext(
+            name=self.cert.name,
+            ledger=self._ledger(),
+            peers=self.peers,
+            store=self.store,
+            metrics=self.metrics,
+            settings=s.settings,
+            params=s.params,
+            note=note,
+            archive=self._archive,
+            fetch_merged=lambda c, r: self._fetch_result(s, c, r),
+            cert=self.cert,
         )
-
-    async def _lead(
-        self, s: _Session, close: RoundClose, attempt: int, note: Callable[[str], None]
-    ) -> tuple[Record, bytes]:
-        ledger = self._ledger()
-        leader_timeout = float(s.settings.get("leaderFailureTimeoutSeconds", 600))
-        ttl = int(max(2, min(10, leader_timeout / 3)))
-        method = str(s.params.get("mergeMethod", "mean"))
-        n_inputs = len(close.participants)
-        note(f"round {close.round_no}: leading attempt {attempt}, merging {n_inputs} inputs ({method})")
-        async with ledger.hold_leadership(close.contract, close.round_no, attempt, ttl_s=ttl):
-            loop = asyncio.get_running_loop()
-            fetch_start = loop.time()
-            raw = await asyncio.gather(
-                *(self._fetch_input(close, p.name, p.endpoint, p.digest) for p in close.participants),
-                return_exceptions=True,
-            )
-            merge_start = loop.time()
-            self.metrics.observe_phase("fetch", merge_start - fetch_start)
-            reasons: dict[str, str] = {}
-            inputs: dict[str, tuple[bytes, dict[str, torch.Tensor], bool]] = {}
-            progress: dict[str, Progress] = {}
-            rejected: dict[str, str] = {}
-            finished: set[str] = set()
-            for p, got in zip(close.participants, raw, strict=True):
-                if isinstance(got, BaseException):
-                    rejected[p.name] = f"unreachable: {got}"
-                    reasons[p.name] = peer_error_reason(got.kind if isinstance(got, PeerError) else "")
-                    continue
-                if got.final:
-                    finished.add(p.name)
-                progress[p.name] = got.progress  # recorded only if the input is accepted
-                try:
-                    inputs[p.name] = (got.data, decode_state(got.data), got.final)
-                except Exception as exc:  # a peer's garbage must not stop the round
-                    rejected[p.name] = f"not safetensors: {exc}"
-            reference = _majority_structure({n: v[1] for n, v in inputs.items()}, prefer=self.cert.name)
-            accepted: list[str] = []
-            for name, (_, state, _) in inputs.items():
-                problem = validate_peer_model(reference, state)
-                if problem is None:
-                    accepted.append(name)
-                else:
-                    rejected[name] = problem
-            for name, why in rejected.items():
-                note(f"round {close.round_no}: rejected input of {name}: {why}")
-                self.metrics.rejected(reasons.get(name) or reject_reason(why))
-            if not accepted:
-                raise RoundFailed(f"round {close.round_no}: every input was rejected: {rejected}")
-            accepted.sort()
-            weights = {
-                n: close.participant(n).weight * max(1, close.participant(n).samples) for n in accepted
-            }
-            extra: dict[str, Any]
-            if close.round_no == INITIAL_ROUND:
-                # Everyone starts from one model: the leader's (or the first valid) initial weights.
-                start = self.cert.name if self.cert.name in accepted else accepted[0]
-                merged_bytes = inputs[start][0]
-                weights = {n: (1.0 if n == start else 0.0) for n in accepted}
-                used_method, extra = "initial", {"start": start}
-            else:
-                if not any(weights.values()):  # every node inactive: fall back to equal weights
-                    weights = dict.fromkeys(accepted, 1.0)
-                result = await asyncio.to_thread(
-                    merge,
-                    method,
-                    [inputs[n][1] for n in accepted],
-                    [weights[n] for n in accepted],
-                    trim_fraction=float(s.params.get("trimFraction", 0.1)),
-                    byzantine=int(s.params.get("byzantine", 0)),
-                )
-                merged_bytes = await asyncio.to_thread(encode_state, result.state)
-                used_method = method
-                extra = {"selected": [accepted[i] for i in result.selected], "iterations": result.iterations}
-            extra["final"] = sorted(n for n in accepted if inputs[n][2])
-            # Who may still be training: participants whose input was rejected or unreachable, and live
-            # nodes with an ML process connected that missed this round. While one is, the round is not
-            # final, so nobody stops contributing and leaves it without peers.
-            extra["training"] = sorted(
-                (set(close.names) - finished) | (await self._training_elsewhere(close) - set(close.names))
-            )
-            extra |= round_extra(progress, accepted)
-            merged_digest = self.store.put(ModelKey(close.contract, close.round_no, "merged"), merged_bytes)
-            self.metrics.observe_phase("merge", loop.time() - merge_start)
-            # Everyone in the close receives the merged model (also those rejected).
-            self.metrics.distribution_started(
-                close.contract, close.round_no, sum(1 for n in close.names if n != self.cert.name)
-            )
-            # On disk before the commit: if this node dies right after committing, its restart (or
-            # anyone sharing the archive) still serves the model the record names.
-            await self._archive(close.contract, close.round_no, merged_bytes, merged_digest)
-            await self._abandon_stale(close)
-            commit_start = loop.time()
-            record = await ledger.commit_round(
-                close.contract,
-                close.round_no,
-                attempt,
-                participants=accepted,
-                weights=weights,
-                input_digests={n: digest(inputs[n][0]) for n in accepted},
-                merged_digest=merged_digest,
-                merge_method=used_method,
-                rejected=rejected,
-                extra=extra,
-            )
-            self.metrics.observe_phase("commit", loop.time() - commit_start)
-            self.metrics.ledger_seq(record.seq)
-            self.metrics.round_led(close.contract)
-        note(
-            f"round {close.round_no}: committed merge of {len(accepted)} inputs"
-            + (f", rejected {sorted(rejected)}" if rejected else "")
-        )
-        return record, merged_bytes
-
-    async def _abandon_stale(self, close: RoundClose) -> None:
-        """As a round's leader, record earlier rounds whose participants all left as abandoned, so the
-        ledger has one result for every round (see ``Ledger.abandon_stale_rounds``)."""
-        try:
-            await self._ledger().abandon_stale_rounds(close.contract, below=close.round_no)
-        except (EtcdError, LedgerError) as exc:
-            log.warning("round %d: could not check earlier rounds for abandonment: %s", close.round_no, exc)
-
-    async def _training_elsewhere(self, close: RoundClose) -> set[str]:
-        try:
-            return set((await self._ledger().sessions(close.contract))[1])
-        except (EtcdError, LedgerError) as exc:
-            log.warning("round %d: could not read who is training: %s", close.round_no, exc)
-            return set()
-
-    async def _fetch_input(self, close: RoundClose, name: str, endpoint: str, expected: str) -> HeldModel:
-        """A participant's round input with its finished flag and reported progress."""
-        key = ModelKey(close.contract, close.round_no, "input")
-        if name == self.cert.name:
-            held = self.store.get(key)
-            if held is None:
-                raise PeerError("own input is no longer held")
-            return held
-        return await self.peers.fetch(
-            endpoint,
-            close.contract,
-            close.round_no,
-            "input",
-            timeout=FETCH_TIMEOUT_SECONDS,
-            expected_digest=expected,
-        )
+        record, data = await mode.complete(ctx, close)
+        return _RoundResult.of(close, record, data)
 
     async def _fetch_result(self, s: _Session, close: RoundClose | None, record: Record) -> bytes:
         """Download the merged model of ``record`` (leader first, then anyone who has it)."""
@@ -806,10 +687,6 @@ class SLNode:
         return round_no, data
 
 
-class _RoundAbandoned(Exception):
-    """The round this node was in got an ``abandon`` record (it came back after everyone had left)."""
-
-
 @dataclass(frozen=True)
 class _RoundResult:
     round_no: int
@@ -837,6 +714,12 @@ class _RoundResult:
             closed=close.names,
         )
 
+    @cached_property
+    def model(self) -> bytes:
+        """The merged model as the ML process gets it: without the server optimiser's state (stripped
+        once, for the reply and the next round's starting point)."""
+        return server_optimizer.strip(self.data)
+
     def reply(self) -> Frame:
         return Frame(
             {
@@ -848,7 +731,7 @@ class _RoundResult:
                 "digest": self.digest,
                 "all_final": self.all_final,
             },
-            self.data,
+            self.model,
         )
 
 
@@ -914,21 +797,3 @@ def _all_final(body: Mapping[str, Any]) -> bool:
 
 def _encode_interim(message: str) -> bytes:
     return encode_frame(Frame({"interim": True, "message": message}))
-
-
-def _signature(state: Mapping[str, torch.Tensor]) -> tuple[tuple[str, tuple[int, ...], str], ...]:
-    return tuple(sorted((k, tuple(v.shape), str(v.dtype)) for k, v in state.items()))
-
-
-def _majority_structure(
-    states: Mapping[str, Mapping[str, torch.Tensor]], prefer: str
-) -> Mapping[str, torch.Tensor]:
-    """The state_dict whose names/shapes/dtypes most inputs share (ties: ``prefer``'s), as the reference
-    every input is validated against, so one malformed peer (even the leader) cannot reject the rest."""
-    if not states:
-        return {}
-    groups: dict[tuple[tuple[str, tuple[int, ...], str], ...], list[str]] = {}
-    for name, state in states.items():
-        groups.setdefault(_signature(state), []).append(name)
-    best = max(groups.values(), key=lambda names: (len(names), prefer in names))
-    return states[prefer if prefer in best else best[0]]

@@ -6,7 +6,8 @@ round input and every merged model it has (as leader or after fetching it):
     GET /v1/models/{contract}/{round}/{kind}     kind = input | merged
         200: safetensors bytes, header ``X-Swarm-Digest`` = sha256 hex of the body; on inputs also
              ``X-Swarm-Final`` and, when its ML process reported them, ``X-Swarm-Loss`` /
-             ``X-Swarm-Metric`` (its latest validation loss and metric, decimal floats)
+             ``X-Swarm-Metric`` / ``X-Swarm-Epsilon`` (its latest validation loss and metric, the ε
+             its DP-SGD spent; decimal floats)
         404: not (or no longer) held here
     GET /v1/health                                200 ``{"node": name}``
 
@@ -40,6 +41,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from swarmlearning import pki
 from swarmlearning.limits import Limits, describe
+from swarmlearning.sl.kinds import CHUNKS, FAMILIES, chunk_kind, chunk_range, family_of, frame_chunks
 from swarmlearning.sl.metrics import SLMetrics
 from swarmlearning.sl.progress import Progress, finite
 from swarmlearning.weights_format import digest  # torch-free: the console imports this module
@@ -58,15 +60,18 @@ class _DropParseErrors(logging.Filter):
 
 _http_log.addFilter(_DropParseErrors())
 
-KINDS = ("input", "merged")
+KINDS = FAMILIES
 DIGEST_HEADER = "X-Swarm-Digest"
 FINAL_HEADER = "X-Swarm-Final"
 """``1`` on an input its node sent after training ended (``on_train_end``)."""
 LOSS_HEADER = "X-Swarm-Loss"
 METRIC_HEADER = "X-Swarm-Metric"
-"""Latest validation loss / metric of the input's node; absent when it reported none."""
+EPSILON_HEADER = "X-Swarm-Epsilon"
+"""Latest validation loss / metric / DP-SGD ε of the input's node; absent when it reported none."""
 KEEP_ROUNDS = 8
 """Models kept per kind: enough for late fetchers and leader retries, bounded memory."""
+KEEP_CHUNK_ROUNDS = 2
+"""Chunks and manifests are needed only while their round runs (slice leader retries)."""
 ROUND_RE = re.compile(r"[0-9]{1,18}")
 """A round number in a path: ASCII digits only (``int`` would also take ``" 1"``, ``"1_0"``, ``"١"``)."""
 DIGEST_RE = re.compile(r"[0-9a-f]{64}")
@@ -86,9 +91,11 @@ class PeerError(RuntimeError):
     ``kind``: the client's rejection kind (``too-large``, ``bad-digest``, ``bad-header``) when the peer
     answered with something this node refused, "" when it could not deliver at all."""
 
-    def __init__(self, message: str, kind: str = "") -> None:
+    def __init__(self, message: str, kind: str = "", status: int = 0) -> None:
         super().__init__(message)
         self.kind = kind
+        self.status = status
+        """The HTTP status of a peer that answered without the model (404: not held yet), else 0."""
 
 
 @dataclass(frozen=True)
@@ -105,6 +112,8 @@ class HeldModel:
     final: bool = False
     progress: Progress = Progress()
     """The node's latest validation loss/metric, kept with its round input."""
+    reader: str = ""
+    """The one peer (certificate CN) this may be served to; "" = any peer of the swarm."""
 
 
 class ModelStore:
@@ -114,16 +123,43 @@ class ModelStore:
         self._items: OrderedDict[ModelKey, HeldModel] = OrderedDict()
 
     def put(
-        self, key: ModelKey, data: bytes, *, final: bool = False, progress: Progress | None = None
+        self,
+        key: ModelKey,
+        data: bytes,
+        *,
+        final: bool = False,
+        progress: Progress | None = None,
+        reader: str = "",
     ) -> str:
-        """Store ``data`` under ``key`` (with the node's ``progress`` for inputs); returns its digest."""
+        """Store ``data`` under ``key`` (with the node's ``progress`` for inputs; only for peer ``reader``
+        when given); returns its digest."""
         d = digest(data)
-        self._items[key] = HeldModel(data, d, final, progress or Progress())
+        self._items[key] = HeldModel(data, d, final, progress or Progress(), reader)
         self._items.move_to_end(key)
-        same = [k for k in self._items if k.contract == key.contract and k.kind == key.kind]
-        for old in sorted(same, key=lambda k: k.round_no)[:-KEEP_ROUNDS]:
-            del self._items[old]
+        family = family_of(key.kind)
+        keep = KEEP_ROUNDS if family in ("input", "merged") else KEEP_CHUNK_ROUNDS
+        same = [k for k in self._items if k.contract == key.contract and family_of(k.kind) == family]
+        rounds = sorted({k.round_no for k in same})[:-keep]
+        for old in same:
+            if old.round_no in rounds:
+                del self._items[old]
         return d
+
+    def chunks(self, contract: str, round_no: int, family: str, first: int, stop: int) -> HeldModel | None:
+        """Chunks ``first`` .. ``stop - 1`` of ``family`` as one framed body (see ``kinds.frame_chunks``),
+        with the first chunk's finished flag and progress; None unless every one is held."""
+        held = [
+            self._items.get(ModelKey(contract, round_no, chunk_kind(family, i))) for i in range(first, stop)
+        ]
+        if any(h is None for h in held):
+            return None
+        parts = [h for h in held if h is not None]
+        body = frame_chunks([h.data for h in parts])
+        return HeldModel(body, digest(body), parts[0].final, parts[0].progress)
+
+    def drop(self, key: ModelKey) -> None:
+        """Forget ``key`` (e.g. a round input whose round is merged sharded: nobody fetches it whole)."""
+        self._items.pop(key, None)
 
     def get(self, key: ModelKey) -> HeldModel | None:
         return self._items.get(key)
@@ -195,14 +231,25 @@ class PeerServer:
                 request, 400, "bad-round", f"round must be 1-18 ASCII digits, got {raw_round!r:.40}"
             )
         round_no = int(raw_round)
-        if kind not in KINDS:
+        if family_of(kind) is None:
             return self._reject(
-                request, 400, "bad-kind", f"kind must be one of {', '.join(KINDS)}, got {kind!r:.40}"
+                request,
+                400,
+                "bad-kind",
+                f"kind must be one of {', '.join(KINDS)} (chunks as <kind>-<0..{CHUNKS - 1}>), "
+                f"got {kind!r:.40}",
             )
-        held = self.store.get(ModelKey(request.match_info["contract"], round_no, kind))
+        contract = request.match_info["contract"]
+        held = self.store.get(ModelKey(contract, round_no, kind))
+        if held is None and (span := chunk_range(kind)) is not None:
+            held = self.store.chunks(contract, round_no, *span)
         if held is None:
             return _handled(
                 web.Response(status=404, text=f"{self.node.name} holds no {kind} model for round {round_no}")
+            )
+        if held.reader and _peer_of(request) != held.reader:
+            return self._reject(
+                request, 403, "not-reader", f"{kind} of round {round_no} is for {held.reader} only"
             )
         headers = {DIGEST_HEADER: held.digest, FINAL_HEADER: "1" if held.final else "0"}
         headers.update(progress_headers(held.progress))
@@ -318,7 +365,7 @@ class PeerClient:
                 peer = _server_name(resp) or endpoint
                 if resp.status != 200:
                     text = (await resp.content.read(ERROR_BODY_BYTES)).decode("utf-8", "replace")
-                    raise PeerError(f"{url}: HTTP {resp.status}: {text!r}")
+                    raise PeerError(f"{url}: HTTP {resp.status}: {text!r}", status=resp.status)
                 served = resp.headers.get(DIGEST_HEADER, "")
                 if not DIGEST_RE.fullmatch(served):
                     raise self._rejected(
@@ -390,7 +437,11 @@ def _server_name(resp: aiohttp.ClientResponse) -> str:
 def progress_headers(progress: Progress) -> dict[str, str]:
     """HTTP headers for the values ``progress`` has (``repr`` round-trips a float exactly)."""
     out: dict[str, str] = {}
-    for header, value in ((LOSS_HEADER, progress.loss), (METRIC_HEADER, progress.metric)):
+    for header, value in (
+        (LOSS_HEADER, progress.loss),
+        (METRIC_HEADER, progress.metric),
+        (EPSILON_HEADER, progress.epsilon),
+    ):
         if (v := finite(value)) is not None:
             out[header] = repr(v)
     return out
@@ -398,4 +449,8 @@ def progress_headers(progress: Progress) -> dict[str, str]:
 
 def parse_progress_headers(headers: Mapping[str, str]) -> Progress:
     """The peer's progress from response ``headers``; missing, malformed or non-finite values are None."""
-    return Progress(finite(headers.get(LOSS_HEADER)), finite(headers.get(METRIC_HEADER)))
+    return Progress(
+        finite(headers.get(LOSS_HEADER)),
+        finite(headers.get(METRIC_HEADER)),
+        finite(headers.get(EPSILON_HEADER)),
+    )

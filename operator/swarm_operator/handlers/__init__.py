@@ -2,12 +2,13 @@
 
 No change handlers, timers or daemons: those would make Kopf add finalizers and keep handler state
 on the objects. Deletion needs no handler: children carry owner references and the garbage collector
-removes them. Periodic re-reconciling (ledger progress) is the resync task in `lifecycle`.
+removes them. Periodic re-reconciling (ledger progress) is the resync task in `lifecycle`, which reads
+the object cache (no request per object). `cache` feeds that cache from the same watches.
 
-Importing this package registers the handlers with Kopf.
+Importing this package registers the handlers with Kopf (`cache` first: its handlers run first).
 """
 
-from . import lifecycle, networks, nodes, pods, tasks
+from . import cache, lifecycle, networks, nodes, pods, tasks
 from .runtime import install
 
-__all__ = ["install", "lifecycle", "networks", "nodes", "pods", "tasks"]
+__all__ = ["cache", "install", "lifecycle", "networks", "nodes", "pods", "tasks"]

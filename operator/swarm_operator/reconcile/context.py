@@ -1,10 +1,11 @@
-"""What every reconciler gets: the API facade, the ledger reader, per-object locks, status writing."""
+"""What every reconciler gets: the API facade (reads from its cache), the ledger reader, the coalescing
+of triggers, status writing."""
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Hashable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,6 +32,49 @@ class KeyedLocks:
             yield
 
 
+class Coalescer:
+    """Runs at most one reconcile per key at a time and folds the triggers that arrive meanwhile into
+    one more run (a controller work queue without the queue: the triggering thread runs it).
+
+    `run(key, fn)`: when no run of `key` is under way, runs `fn` now, then again as long as triggers
+    arrived while it ran; returns True. When one is under way, marks `key` dirty and returns False at
+    once: the running thread reruns `fn` afterwards, reading the state as it is then. A burst of N
+    watch events for one object thus costs at most two reconciles, not N.
+    """
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._running: set[Hashable] = set()
+        self._dirty: set[Hashable] = set()
+        self.folded = 0
+        """Triggers folded into a run under way (for tests and metrics)."""
+
+    def run(self, key: Hashable, fn: Callable[[], None]) -> bool:
+        with self._guard:
+            if key in self._running:
+                self._dirty.add(key)
+                self.folded += 1
+                return False
+            self._running.add(key)
+        try:
+            while True:
+                fn()
+                with self._guard:
+                    if key not in self._dirty:
+                        self._running.discard(key)
+                        return True
+                    self._dirty.discard(key)
+        except BaseException:
+            with self._guard:
+                self._running.discard(key)
+                self._dirty.discard(key)
+            raise
+
+    def busy(self, key: Hashable) -> bool:
+        with self._guard:
+            return key in self._running
+
+
 @dataclass
 class Context:
     """Shared by all reconciles of one operator process."""
@@ -38,15 +82,17 @@ class Context:
     kube: Kube
     ledger: LedgerReader | None = None
     locks: KeyedLocks = field(default_factory=KeyedLocks)
+    triggers: Coalescer = field(default_factory=Coalescer)
 
     def write_status(self, plural: str, body: Mapping[str, Any], new: dict[str, Any]) -> bool:
-        """Patch `.status` when `new` changes anything; returns whether it patched."""
-        old = body.get("status") or {}
-        if not st.differs(old, new):
+        """Patch `.status` with the fields of `new` that differ from `body`'s (one request, nothing when
+        nothing changed); returns whether it patched."""
+        patch = st.status_patch(body.get("status"), new)
+        if patch is None:
             return False
         meta = body["metadata"]
         try:
-            self.kube.patch_custom_status(plural, meta["namespace"], meta["name"], new)
+            self.kube.patch_custom_status(plural, meta["namespace"], meta["name"], patch)
         except NotFound:
             return False  # deleted while we reconciled: nothing left to report on
         return True

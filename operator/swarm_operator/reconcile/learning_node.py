@@ -22,7 +22,13 @@ KIND = "LearningNode"
 
 
 def reconcile(ctx: Context, namespace: str, name: str) -> None:
-    with ctx.locks.hold(names.NODES, namespace, name), metrics.reconcile(KIND):
+    """Reconcile learning node `namespace/name` now, or, when a reconcile of it is under way, once more
+    after that one (triggers arriving meanwhile are folded into that one rerun)."""
+    ctx.triggers.run((names.NODES, namespace, name), lambda: _run(ctx, namespace, name))
+
+
+def _run(ctx: Context, namespace: str, name: str) -> None:
+    with metrics.reconcile(KIND):
         body = ctx.kube.get_custom(names.NODES, namespace, name)
         if body is None or body["metadata"].get("deletionTimestamp"):
             return

@@ -31,7 +31,13 @@ KIND = "SwarmNetwork"
 
 
 def reconcile(ctx: Context, namespace: str, name: str) -> None:
-    with ctx.locks.hold(names.NETWORKS, namespace, name), metrics.reconcile(KIND):
+    """Reconcile network `namespace/name` now, or, when a reconcile of it is under way, once more
+    after that one (triggers arriving meanwhile are folded into that one rerun)."""
+    ctx.triggers.run((names.NETWORKS, namespace, name), lambda: _run(ctx, namespace, name))
+
+
+def _run(ctx: Context, namespace: str, name: str) -> None:
+    with metrics.reconcile(KIND):
         body = ctx.kube.get_custom(names.NETWORKS, namespace, name)
         if body is None or body["metadata"].get("deletionTimestamp"):
             metrics.observe_network(namespace, name, None)
@@ -166,7 +172,7 @@ def _reconcile_children(
         new_conds.append(st.Condition("LedgerReachable", None, "NoReadyMember", "no SN member is ready"))
 
     new_conds.append(st.Condition("Ready", phase == st.NetworkPhase.READY, phase, members_cond.message))
-    console_conds = reconcile_console(ctx, owner, spec, ca, members_ready)
+    console_conds = reconcile_console(ctx, owner, spec, ca, members_ready, old.get("conditions"))
     new_conds += console_conds
     conds = st.merge_conditions(old.get("conditions"), new_conds, owner.generation, ts)
     if not console_conds:
@@ -210,12 +216,24 @@ CONSOLE_CONDITIONS = (CONSOLE_READY, CONSOLE_LEDGER)
 
 
 def reconcile_console(
-    ctx: Context, owner: ObjectRef, spec: NetworkSpec, ca: KeyPair, members_ready: int
+    ctx: Context,
+    owner: ObjectRef,
+    spec: NetworkSpec,
+    ca: KeyPair,
+    members_ready: int,
+    old_conditions: list[dict[str, Any]] | None = None,
 ) -> list[st.Condition]:
     """The console children when spec.rest.enabled, their removal otherwise; returns ConsoleReady first
     and ConsoleLedgerAccess (nothing when disabled). A refused child only fails ConsoleReady, never the
-    SN members."""
+    SN members.
+
+    The removal runs only while the status still has console conditions (`old_conditions`): they are
+    dropped in the same status write that follows a complete removal, so a network that never had a
+    console costs no requests for it (its ServiceAccount, RoleBinding and ClusterRoleBinding are not in
+    the cache: the chart grants no watch on them)."""
     if not spec.rest_enabled:
+        if not any(c.get("type") in CONSOLE_CONDITIONS for c in old_conditions or ()):
+            return []
         for kind, name in (
             ("Service", names.rest_service(owner.name)),
             ("Deployment", names.console(owner.name)),
@@ -428,12 +446,12 @@ def ensure_ca(
 ) -> tuple[KeyPair | None, st.Condition]:
     """The network's CA from Secret spec.ca.secretName (default `<name>-ca`), created when absent."""
     name = names.ca_secret(owner.name, spec.ca_secret_name)
-    secret = ctx.kube.get("Secret", owner.namespace, name)
+    secret = ctx.kube.get("Secret", owner.namespace, name, read_through=True)
     if secret is None:
         pair = certificates.new_ca(f"{owner.name}.{owner.namespace}.swarm-ca")
         ctx.kube.ensure(nb.ca_secret(owner, name, pair.cert, pair.key))
         ctx.event(body, "CACreated", f"created the swarm CA in Secret {name}")
-        secret = ctx.kube.get("Secret", owner.namespace, name)
+        secret = ctx.kube.get("Secret", owner.namespace, name, read_through=True)
         if secret is None:
             return None, st.Condition(
                 "CAReady", False, "CASecretMissing", f"Secret {name} vanished after creation"
@@ -450,7 +468,7 @@ def read_ca(ctx: Context, namespace: str, network_body: Obj) -> KeyPair | None:
     """The CA of an existing network, or None while its Secret is absent or incomplete."""
     spec = network_body.get("spec") or {}
     name = names.ca_secret(network_body["metadata"]["name"], (spec.get("ca") or {}).get("secretName"))
-    secret = ctx.kube.get("Secret", namespace, name)
+    secret = ctx.kube.get("Secret", namespace, name, read_through=True)
     if secret is None:
         return None
     cert, key = _field(secret, "ca.crt"), _field(secret, "ca.key")

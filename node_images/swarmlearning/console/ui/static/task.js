@@ -53,6 +53,18 @@
     return badge("muted", "closed, merging…");
   }
 
+  // Secure aggregation and the ε spent (site-level DP, and the highest DP-SGD ε of a node), under the merge.
+  function privacyNote(r) {
+    const p = r.privacy;
+    if (!p) return "";
+    const parts = [];
+    if (p.secure_aggregation) parts.push(`secure aggregation${p.secagg_dropped.length ? `, ${p.secagg_dropped.length} dropped` : ""}`);
+    if (p.site_dp_epsilon != null) parts.push(`site ε ${fmt(p.site_dp_epsilon, 2)} (δ ${p.site_dp_delta})`);
+    const sgd = Object.values(p.dp_sgd_epsilon);
+    if (sgd.length) parts.push(`DP-SGD ε ≤ ${fmt(Math.max(...sgd), 2)}`);
+    return el("span", { class: "sub", "data-testid": "round-privacy" }, " · " + parts.join(" · "));
+  }
+
   function timeline() {
     const ordered = [...rounds.values()].sort((a, b) => b.round - a.round);
     const rejectedCount = ordered.reduce((n, r) => n + Object.keys(r.rejected).length, 0);
@@ -66,9 +78,13 @@
       },
       el("th", { scope: "row", class: "num" }, String(r.round), r.attempt > 1 ? el("span", { class: "sub" }, ` (attempt ${r.attempt})`) : ""),
       el("td", {}, resultBadge(r)),
-      el("td", {}, r.leader || "–"),
+      el("td", {}, r.leader || "–",
+        r.slices && r.slices.length
+          ? el("span", { class: "sub", title: r.slices.map((x) => `slice ${x.slice}: ${x.leader}`).join("\n") },
+            ` + ${r.slices.length} slice leaders`)
+          : ""),
       el("td", {}, SC.names(r.participants)),
-      el("td", {}, r.merge_method || "–"),
+      el("td", {}, (r.merge_method || "–") + (r.merge_mode === "sharded" ? " (sharded)" : ""), privacyNote(r)),
       el("td", { class: "num" }, r.duration_s == null ? "–" : `${r.duration_s.toFixed(2)} s`),
       el("td", { class: "values" }, values.length ? el("ul", { class: "plain" }, ...values) : "–"),
       el("td", {}, rejected.length

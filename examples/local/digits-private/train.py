@@ -1,0 +1,1 @@
+../digits/train.py
