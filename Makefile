@@ -36,9 +36,12 @@ browser:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; \
 	fi
 
+# Most tests wait on processes, sockets and a cluster rather than compute, so they run on TEST_WORKERS
+# pytest-xdist workers; the e2e tier is one group on one worker (a machine has one real node).
+TEST_WORKERS ?= 3
 test: venv testbed images browser lint
-	@echo ">>> Running every test (unit, integration with real etcd and processes, cluster with a real control plane, e2e on a real node)"
-	$(VENV)/bin/pytest
+	@echo ">>> Running every test (unit, integration with real etcd and processes, cluster with a real control plane, e2e on a real node) on $(TEST_WORKERS) workers"
+	$(VENV)/bin/pytest -n $(TEST_WORKERS) --dist loadgroup
 
 # The e2e tier alone: the built images on the test bed's real node (kubelet, containerd); needs root.
 test-e2e: venv testbed images

@@ -75,38 +75,62 @@ def _bars(
     if not cases:
         return None
     fig, ax = plt.subplots(figsize=(min(14.0, max(6.0, 0.25 * len(cases) * len(keys) + 2)), 4.5))
-    width = 0.8 / len(keys)
-    for j, (key, label) in enumerate(keys):
-        xs = [i + j * width for i in range(len(cases))]
-        ax.bar(xs, [(_num(r, key) or 0.0) for r in cases], width, label=label)
-    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(cases))])
-    ax.set_xticklabels([r.case for r in cases], rotation=30, ha="right", fontsize=7)
+    _bar_panel(ax, cases, keys)
     if log:
         ax.set_yscale("log")
     ax.set_ylabel(ylabel)
     ax.set_title(title)
-    ax.legend(fontsize=7)
     return fig
 
 
+def _bar_panel(
+    ax: plt.Axes, cases: Sequence[Row], keys: Sequence[tuple[str, str]], colors: Sequence[str] = ()
+) -> None:
+    """Grouped bars, one group per case; the legend sits right of the axes, clear of the bars."""
+    width = 0.8 / len(keys)
+    for j, (key, label) in enumerate(keys):
+        xs = [i + j * width for i in range(len(cases))]
+        color = colors[j] if colors else None
+        ax.bar(xs, [(_num(r, key) or 0.0) for r in cases], width, label=label, color=color)
+    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(cases))])
+    ax.set_xticklabels([r.case for r in cases], rotation=30, ha="right", fontsize=7)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.005, 1.0))
+
+
+QUALITY_ACCURACY = (
+    ("central_%", "central"),
+    ("real_swarm_%", "swarm (real runtime)"),
+    ("real_fedavgm_%", "swarm + fedavgm (real runtime)"),
+    ("sim_swarm_%", "swarm (simulated)"),
+    ("sim_fedavgm_%", "swarm + fedavgm (simulated)"),
+    ("flower_fedavg_%", "Flower FedAvg"),
+    ("local_only_%", "local only"),
+)
+# Each swarm against the central training of its own runtime (bench/quality.py computes these columns).
+QUALITY_GAPS = (
+    ("real_swarm_minus_central", "swarm (real runtime)"),
+    ("real_fedavgm_minus_central", "swarm + fedavgm (real runtime)"),
+    ("sim_swarm_minus_central", "swarm (simulated)"),
+    ("sim_fedavgm_minus_central", "swarm + fedavgm (simulated)"),
+)
+
+
 def _quality(rows: Sequence[Row]) -> plt.Figure | None:
-    fig = _bars(
-        rows,
-        [
-            ("central_%", "central"),
-            ("real_swarm_%", "swarm (real runtime)"),
-            ("real_fedavgm_%", "swarm + fedavgm (real runtime)"),
-            ("sim_swarm_%", "swarm (simulated)"),
-            ("sim_fedavgm_%", "swarm + fedavgm (simulated)"),
-            ("flower_fedavg_%", "Flower FedAvg"),
-            ("local_only_%", "local only"),
-        ],
-        "test accuracy %",
-        "learning quality",
-        log=False,
-    )
-    if fig is not None:
-        fig.axes[0].set_ylim(50, 100)
+    """Accuracy per case (top) and, what the goal is about, each swarm's points against central (bottom)."""
+    cases = [r for r in rows if _num(r, "central_%") is not None]
+    if not cases:
+        return None
+    palette = [f"C{i}" for i in range(len(QUALITY_ACCURACY))]
+    fig, (ax_acc, ax_gap) = plt.subplots(2, 1, figsize=(14.0, 8.0), sharex=True)
+    _bar_panel(ax_acc, cases, QUALITY_ACCURACY, palette)
+    ax_acc.set_ylim(50, 100)
+    ax_acc.set_ylabel("test accuracy %")
+    ax_acc.set_title("learning quality")
+    _bar_panel(ax_gap, cases, QUALITY_GAPS, palette[1:])
+    ax_gap.axhline(0.0, color="k", lw=0.8)
+    ax_gap.axhline(-1.0, color="g", lw=0.8, ls=":", label="goal: within 1 point of central")
+    ax_gap.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.005, 1.0))
+    ax_gap.set_ylabel("points vs central of the same runtime")
     return fig
 
 

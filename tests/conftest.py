@@ -30,8 +30,21 @@ with contextlib.suppress(ImportError):
     import triton  # noqa: F401
 
 TEST_KINDS = ("unit", "integration", "cluster", "e2e")
+# The pytest-xdist group of every e2e test (one worker, since a machine runs one real node).
+REAL_NODE_GROUP = "real-node"
 # Seconds to wait for a fresh namespace's `default` service account (pods are rejected until it exists).
 NAMESPACE_READY_TIMEOUT = 60.0
+
+
+@pytest.hookimpl(trylast=True)  # after tests/e2e/conftest.py has put its lifecycle tests first
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The e2e tests share the machine's one real node, so under pytest-xdist (`make test` runs workers)
+    they form one group that a single worker runs in order; they come first because that group is the
+    longest piece of the run, and the other workers share out the rest meanwhile."""
+    e2e = [i for i in items if i.get_closest_marker("e2e")]
+    for item in e2e:
+        item.add_marker(pytest.mark.xdist_group(REAL_NODE_GROUP))
+    items[:] = e2e + [i for i in items if not i.get_closest_marker("e2e")]
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:

@@ -28,13 +28,10 @@ from swarmlearning import pki
 from swarmlearning.cli import swarmctl
 from swarmlearning.local.runner import LocalSwarm
 
-from tests.integration.test_swarm import small_config, wait_for
+from tests.integration.test_swarm import DIGITS, POISON, small_config, wait_for
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parents[2]
-DIGITS = ROOT / "examples" / "local" / "digits"
-POISON = ROOT / "tests" / "chaos" / "poison.py"
 CONTRACT = "defaultbb.cqdb.sml.hpe"
 """The contract HPE's scripts (and the digits example) train under when they name none."""
 WAIT_S = 120.0

@@ -37,13 +37,10 @@ from swarmlearning import pki
 from swarmlearning.local.console import LocalConsole, start_console
 from swarmlearning.local.runner import LocalSwarm, tail
 
-from tests.integration.test_swarm import small_config
+from tests.integration.test_swarm import DIGITS, POISON, small_config
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parents[2]
-DIGITS = ROOT / "examples" / "local" / "digits"
-POISON = ROOT / "tests" / "chaos" / "poison.py"
 EPOCHS = 15
 """Long enough (about 55 rounds, 10-25 s on two cores) for the browser to watch rounds commit."""
 T = TypeVar("T")

@@ -26,6 +26,7 @@ from swarmlearning.sl.metrics import REJECT_REASONS
 
 from tests.integration.test_swarm import (
     DIGITS,
+    POISON,
     ROOT,
     close_records,
     round_records,
@@ -37,7 +38,6 @@ from tests.integration.test_swarm import (
 pytestmark = pytest.mark.integration
 
 DASHBOARD = ROOT / "charts" / "swarm-learning" / "dashboards" / "swarm-training.json"
-POISON = ROOT / "tests" / "chaos" / "poison.py"
 SCRAPE_TIMEOUT_SECONDS = 2.0
 RUN_TIMEOUT_SECONDS = 240.0
 """The whole run: a few rounds of the digits example on a loaded 2-core machine."""

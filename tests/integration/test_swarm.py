@@ -200,9 +200,8 @@ def test_peer_with_nan_or_wrong_shapes_is_rejected_and_swarm_goes_on(tmp_path: P
     cfg = small_config(4, train={"epochs": 2})
     # Poisoned training programs (tests/chaos/poison.py): a site whose weights went NaN, one whose
     # model has another shape.
-    poison = ROOT / "tests" / "chaos" / "poison.py"
     ml = {
-        n: [sys.executable, str(poison), "--kind", kind, str(DIGITS / "train.py")]
+        n: [sys.executable, str(POISON), "--kind", kind, str(DIGITS / "train.py")]
         for n, kind in (("node-3", "nan"), ("node-4", "shape"))
     }
     with LocalSwarm(cfg, tmp_path / "run", ml_command=ml) as swarm:
