@@ -86,8 +86,12 @@ def up(state_dir: Path, nodes: str = "real") -> int:
 
 def down(state_dir: Path) -> int:
     # The real node first: it stops its own processes in its own order and removes mounts, iptables chains,
-    # the bridge and cgroups, which stopping the processes alone would leave behind.
-    removed = realnode.teardown()
+    # the bridge and cgroups, which stopping the processes alone would leave behind. A live real node of
+    # another test bed (a test session's) is not this cluster's to stop.
+    others = realnode.runs_for_another(state_dir)
+    if others:
+        print(f"Real node of another test bed left running (state {', '.join(others)}).")
+    removed = [] if others else realnode.teardown()
     stopped = stop_recorded(state_dir)
     if removed:
         print(f"Real node: {'; '.join(removed)}.")

@@ -929,6 +929,18 @@ def teardown(
     return done
 
 
+def runs_for_another(state_dir: Path, run_dir: Path = RUN_DIR) -> list[str]:
+    """The state dirs of the recorded real node when it is alive and not under ``state_dir`` (another test
+    bed's, e.g. a pytest session's beside `make cluster-down`); [] when it is this one's, dead or absent."""
+    record = NodeRecord.load(run_dir)
+    if record is None or not any(r.is_ours() for r in record.processes):
+        return []
+    mine = state_dir.resolve()
+    if any(Path(d).resolve().is_relative_to(mine) for d in record.state_dirs):
+        return []
+    return record.state_dirs or [str(run_dir)]
+
+
 def leftovers(bridge: str = BRIDGE) -> dict[str, list[str]]:
     """What of a real node exists on this machine now (for tests after teardown): processes of our
     binaries or shims, our mounts and netns, the bridge and veths, KUBE-/CNI- chains, kubepods cgroups."""

@@ -139,8 +139,10 @@ def test_apt_mirror_reads_deb822_and_one_line_sources(tmp_path: Path) -> None:
         "Types: deb\nURIs: http://mirror.example/debian-security\nSuites: bookworm-security\n"
     )
     one_line = tmp_path / "sources.list"
-    one_line.write_text("# deb http://old.example/debian bookworm main\n"
-                        "deb [arch=amd64] http://other.example/debian bookworm main\n")
+    one_line.write_text(
+        "# deb http://old.example/debian bookworm main\n"
+        "deb [arch=amd64] http://other.example/debian bookworm main\n"
+    )
     assert images.apt_mirror([deb822], "bookworm") == "http://mirror.example/debian"
     assert images.apt_mirror([one_line], "bookworm") == "http://other.example/debian"
     with pytest.raises(images.ImageBuildError, match="no apt source for 'trixie'"):
