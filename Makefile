@@ -41,7 +41,7 @@ browser:
 TEST_WORKERS ?= 3
 test: venv testbed images browser lint
 	@echo ">>> Running every test (unit, integration with real etcd and processes, cluster with a real control plane, e2e on a real node) on $(TEST_WORKERS) workers"
-	$(VENV)/bin/pytest -n $(TEST_WORKERS) --dist loadgroup
+	$(VENV)/bin/pytest -n $(TEST_WORKERS)
 
 # The e2e tier alone: the built images on the test bed's real node (kubelet, containerd); needs root.
 test-e2e: venv testbed images

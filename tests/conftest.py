@@ -15,6 +15,7 @@ import signal
 import time
 from collections.abc import Iterator
 from types import FrameType
+from typing import Any
 
 import pytest
 
@@ -30,21 +31,29 @@ with contextlib.suppress(ImportError):
     import triton  # noqa: F401
 
 TEST_KINDS = ("unit", "integration", "cluster", "e2e")
-# The pytest-xdist group of every e2e test (one worker, since a machine runs one real node).
+# The pytest-xdist unit of work of every test under E2E_DIR (one worker: a machine runs one real node).
 REAL_NODE_GROUP = "real-node"
+E2E_DIR = "tests/e2e/"
 # Seconds to wait for a fresh namespace's `default` service account (pods are rejected until it exists).
 NAMESPACE_READY_TIMEOUT = 60.0
 
 
-@pytest.hookimpl(trylast=True)  # after tests/e2e/conftest.py has put its lifecycle tests first
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The e2e tests share the machine's one real node, so under pytest-xdist (`make test` runs workers)
-    they form one group that a single worker runs in order; they come first because that group is the
-    longest piece of the run, and the other workers share out the rest meanwhile."""
-    e2e = [i for i in items if i.get_closest_marker("e2e")]
-    for item in e2e:
-        item.add_marker(pytest.mark.xdist_group(REAL_NODE_GROUP))
-    items[:] = e2e + [i for i in items if not i.get_closest_marker("e2e")]
+@pytest.hookimpl(optionalhook=True)  # a pytest-xdist hook: absent without xdist
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """Under `pytest -n N` (what `make test` runs): each test is its own unit of work, except the e2e tier,
+    one unit that a single worker runs in order, because a machine has one real node. (xdist's own
+    `--dist loadgroup` cannot do this on pytest 9.2: it renames items through an attribute pytest no
+    longer reads.) Units go out largest first, so the e2e tier, the longest piece of the run, starts at
+    once while the other workers share out the rest."""
+    if config.getvalue("dist") != "load":
+        return None  # an explicit --dist other than plain load is the caller's choice
+    from xdist.scheduler import LoadScopeScheduling
+
+    class RealNodeScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return REAL_NODE_GROUP if nodeid.startswith(E2E_DIR) else nodeid
+
+    return RealNodeScheduling(config, log)
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
@@ -53,6 +62,8 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         pytest.fail(
             f"{item.nodeid} must carry exactly one of the markers {TEST_KINDS}, has {kinds}", pytrace=False
         )
+    if (kinds == ["e2e"]) != item.nodeid.startswith(E2E_DIR):
+        pytest.fail(f"{item.nodeid}: e2e tests, and only they, live in {E2E_DIR}", pytrace=False)
 
 
 @contextlib.contextmanager

@@ -95,11 +95,10 @@ def down(state_dir: Path) -> int:
     stopped = stop_recorded(state_dir)
     if removed:
         print(f"Real node: {'; '.join(removed)}.")
-    print(
-        f"Stopped {', '.join(stopped)}."
-        if stopped or removed
-        else f"No test-bed cluster is running in {state_dir}."
-    )
+    if stopped:
+        print(f"Stopped {', '.join(stopped)}.")
+    elif not removed:
+        print(f"No test-bed cluster is running in {state_dir}.")
     return 0
 
 
