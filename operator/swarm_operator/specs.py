@@ -271,9 +271,7 @@ class PrivacySpec:
     threshold: float = 0.0
 
     @classmethod
-    def parse(
-        cls, spec: Mapping[str, Any], merge_method: str, merge_mode: str, server_optimizer: str = "none"
-    ) -> PrivacySpec:
+    def parse(cls, spec: Mapping[str, Any], merge_method: str, merge_mode: str) -> PrivacySpec:
         privacy = _map(spec, "privacy")
         p = "spec.privacy"
         site = privacy.get("siteDp") or {}
@@ -295,8 +293,6 @@ class PrivacySpec:
             )
         if enabled and merge_mode == "sharded":
             raise SpecError(f"{p}.secureAggregation.enabled needs spec.sync.mergeMode auto or single")
-        if enabled and server_optimizer != "none":
-            raise SpecError(f"{p}.secureAggregation.enabled needs spec.sync.serverOptimizer none")
         threshold = _float(secagg, "threshold", 0.0, 0.0, 1.0, f"{p}.secureAggregation")
         if threshold and threshold < 0.5:
             raise SpecError(f"{p}.secureAggregation.threshold must be 0 (= 2/3) or 0.5-1, got {threshold}")
@@ -426,5 +422,5 @@ class TaskSpec:
             resources=dict(spec["resources"]) if spec.get("resources") else None,
             gpus=None if gpus is None else _int(spec, "gpus", None, 0, 16, p),
             model_output_path=out_path,
-            privacy=PrivacySpec.parse(spec, merge_method, merge_mode, server_optimizer),
+            privacy=PrivacySpec.parse(spec, merge_method, merge_mode),
         )

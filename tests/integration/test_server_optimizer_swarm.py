@@ -3,7 +3,8 @@ ML processes on the digits data.
 
 Each round after the initial one steps from the previous committed model with the momentum that travelled
 in its blob, whoever leads; the record names the optimiser and digests its state; the ML processes get
-their own state_dict (no optimiser tensors) and all end with the same model; the ledger verifies.
+their own state_dict (no optimiser tensors) and all end with the same model; the ledger verifies. With
+secure aggregation the leader steps from the unmasked mean in the same way.
 """
 
 from __future__ import annotations
@@ -24,13 +25,15 @@ pytestmark = pytest.mark.integration
 LR, MOMENTUM = 1.5, 0.3
 
 
-def test_fedavgm_state_travels_with_the_committed_model(tmp_path: Path) -> None:
+@pytest.mark.parametrize("mode", ["single", "secagg"])
+def test_fedavgm_state_travels_with_the_committed_model(tmp_path: Path, mode: str) -> None:
     cfg = small_config(
         3,
         server_optimizer="fedavgm",
         server_learning_rate=LR,
         server_momentum=MOMENTUM,
         train={"epochs": 4},
+        **({"merge_mode": "single", "secure_aggregation": True} if mode == "secagg" else {}),
     )
     with LocalSwarm(cfg, tmp_path / "run") as swarm:
         swarm.prepare()
@@ -48,6 +51,7 @@ def test_fedavgm_state_travels_with_the_committed_model(tmp_path: Path) -> None:
     leaders = set()
     for n in sorted(rounds)[1:]:
         body = rounds[n].body
+        assert body["extra"].get("mode", "single") == mode, (n, body["extra"].get("mode"))
         opt = body["extra"]["server_optimizer"]
         assert (opt["name"], opt["lr"], opt["momentum"]) == ("fedavgm", LR, MOMENTUM), (n, opt)
         assert opt["from_round"] == n - 1, (n, opt)  # each step continues the last committed model

@@ -384,11 +384,6 @@ def validate_params(syncFrequency: object, minPeers: object, **kw: Any) -> Swarm
         )
     clip = _num("siteDpClipNorm", kw.get("siteDpClipNorm", 0.0), 0.0, 1e6)
     server = _choice("serverOptimizer", kw.get("serverOptimizer", "none"), SERVER_OPTIMIZERS)
-    if server != "none" and secagg:
-        raise SwarmParameterError(
-            f"serverOptimizer {server!r} is not applied in secure-aggregation rounds: use serverOptimizer "
-            "'none' with secureAggregation"
-        )
     if server != "none" and merge_mode == "sharded":
         raise SwarmParameterError(
             f"serverOptimizer {server!r} runs single-leader rounds (its state is whole-model): use mergeMode "

@@ -54,6 +54,7 @@ from swarmlearning.sl.modes.base import (
 )
 from swarmlearning.sl.peers import HeldModel, ModelKey, PeerError
 from swarmlearning.sl.progress import Progress, round_extra
+from swarmlearning.sl.server_optimizer import FedAvgM, continue_from_ledger
 from swarmlearning.sl.weights import decode_state, encode_state
 
 POLL_SECONDS = 0.1
@@ -170,15 +171,23 @@ class _Attempt:
                 mean = secagg.weighted_mean(sums, total, layout)
             except secagg.SecAggError as exc:
                 raise RoundFailed(f"round {close.round_no}: secure aggregation failed: {exc}") from exc
-            merged_bytes = await asyncio.to_thread(
-                encode_state, {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in mean.items()}
-            )
+            state = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in mean.items()}
+            server_extra: dict[str, Any] = {}
+            if (server := FedAvgM.of(ctx.params)) is not None:
+                # The unmasked mean is the round's merged update, as in a single-leader round: one step
+                # from the latest committed model (and its momentum), both public to the participants.
+                state, server_extra["server_optimizer"] = await continue_from_ledger(
+                    ctx, close.contract, server, state
+                )
+            merged_bytes = await asyncio.to_thread(encode_state, state)
             for name in close.names:
                 if name not in public:
                     rejected.setdefault(name, "published no signed keys in time")
                 elif name not in sharers:
                     rejected.setdefault(name, "shared no keys in time")
-            record = await self._commit(survivors, got, merged_bytes, rejected, reveals, sharers)
+            record = await self._commit(
+                survivors, got, merged_bytes, rejected, reveals, sharers, server_extra
+            )
             ctx.metrics.observe_phase("merge", loop.time() - merge_start)
         ctx.note(
             f"round {close.round_no}: committed the secure aggregate of {len(survivors)} inputs"
@@ -335,6 +344,7 @@ class _Attempt:
         rejected: dict[str, str],
         reveals: Mapping[str, Any],
         sharers: list[str],
+        server_extra: Mapping[str, Any],
     ) -> Record:
         ctx, close = self.ctx, self.close
         finished = {n for n in survivors if held[n].final}
@@ -346,6 +356,7 @@ class _Attempt:
             "final": sorted(finished),
             "training": await still_training(ctx, close, finished),
             **round_extra(progress, survivors),
+            **server_extra,
         }
         extra["privacy"] = privacy.privacy_extra(ctx.params, close.round_no, self.setup.threshold)
         extra["privacy"]["secureAggregation"] |= {
